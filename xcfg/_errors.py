@@ -1,0 +1,181 @@
+"""Every error xcfg raises, in one place.
+
+The hierarchy::
+
+    XcfgError                      base of everything below
+    ├── SpecError (ValueError)     a malformed model spec, caught when it is registered or installed
+    ├── RefusedError               xcfg will not parallelize this pipeline; nothing was changed
+    │   ├── UnsupportedModelError  no plugin knows the denoiser's class
+    │   ├── NoCFGError             the model has no uncond/cond pair to split (guidance-distilled)
+    │   └── SetupError             the set-up cannot work: world size, device, backend, applied twice
+    ├── ShapeError (ValueError)    a batch argument's shape does not match the batch of the call
+    └── RankError                  the ranks of a CFG group stopped agreeing; raised on every rank
+        ├── RankFailedError        a rank raised; the others raise this, naming it and its error
+        ├── RankMismatchError      the ranks reached different points (a different call, batch or end)
+        ├── DivergenceError        the ranks fed the denoiser different inputs
+        └── RankTimeoutError       a peer did not answer within the CFG group's timeout
+
+Refusals are raised by :func:`xcfg.parallelize` on every rank before any collective starts. A
+:class:`RankError` is raised on every rank of the group at the same point, so no rank is left waiting.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DivergenceError",
+    "NoCFGError",
+    "RankError",
+    "RankFailedError",
+    "RankMismatchError",
+    "RankTimeoutError",
+    "RefusedError",
+    "SetupError",
+    "ShapeError",
+    "SpecError",
+    "UnsupportedModelError",
+    "XcfgError",
+]
+
+
+class XcfgError(Exception):
+    """Base class of every error raised by xcfg.
+
+    Example:
+        >>> import xcfg
+        >>> issubclass(xcfg.NoCFGError, xcfg.XcfgError)
+        True
+    """
+
+
+class SpecError(XcfgError, ValueError):
+    """A model spec is malformed; the message names the plugin and the field.
+
+    Example:
+        >>> import xcfg
+        >>> try:
+        ...     xcfg.ModelSpec(model="diffusers:SD3Transformer2DModel", batch_inputs=[{"dim": 0}])
+        ... except xcfg.SpecError as err:
+        ...     print("batch_inputs.0.name" in str(err))
+        True
+    """
+
+
+class RefusedError(XcfgError):
+    """:func:`xcfg.parallelize` refused the pipeline and left it unchanged.
+
+    Example:
+        >>> import torch, xcfg
+        >>> class Pipe:
+        ...     transformer = torch.nn.Linear(2, 2)
+        >>> try:
+        ...     xcfg.parallelize(Pipe())
+        ... except xcfg.RefusedError as err:
+        ...     print(type(err).__name__)
+        UnsupportedModelError
+    """
+
+
+class UnsupportedModelError(RefusedError):
+    """No registered plugin knows the denoiser's class (or any of its base classes).
+
+    Example:
+        >>> import xcfg
+        >>> issubclass(xcfg.UnsupportedModelError, xcfg.RefusedError)
+        True
+    """
+
+
+class NoCFGError(RefusedError):
+    """The model runs without an uncond/cond pair, so there is nothing to split across ranks.
+
+    Guidance-distilled models such as Flux-dev embed the guidance scale as an input and evaluate one
+    branch per step.
+
+    Example:
+        >>> import xcfg
+        >>> issubclass(xcfg.NoCFGError, xcfg.RefusedError)
+        True
+    """
+
+
+class SetupError(RefusedError):
+    """The distributed set-up cannot work: the message says what to change.
+
+    Raised for a world size the CFG degree does not divide, ``parallelize`` applied twice, a model on a
+    device that is not its rank's, and a backend that cannot move the model's tensors.
+
+    Example:
+        >>> import xcfg
+        >>> issubclass(xcfg.SetupError, xcfg.RefusedError)
+        True
+    """
+
+
+class ShapeError(XcfgError, ValueError):
+    """A declared batch argument does not carry the batch of the call.
+
+    Example:
+        >>> import xcfg
+        >>> issubclass(xcfg.ShapeError, ValueError)
+        True
+    """
+
+
+class RankError(XcfgError):
+    """The ranks of a CFG group stopped agreeing. Raised on every rank of the group, at the same point.
+
+    Attributes:
+        rank: the group rank the error is about (the failing or first disagreeing rank), or ``None``.
+
+    Example:
+        >>> import xcfg
+        >>> xcfg.RankError("ranks disagree", rank=1).rank
+        1
+    """
+
+    def __init__(self, message: str, *, rank: int | None = None) -> None:
+        super().__init__(message)
+        self.rank = rank
+
+
+class RankFailedError(RankError):
+    """Another rank raised; this rank raises this error, naming that rank and its error.
+
+    Example:
+        >>> import xcfg
+        >>> issubclass(xcfg.RankFailedError, xcfg.RankError)
+        True
+    """
+
+
+class RankMismatchError(RankError):
+    """The ranks reached different points: a different call, a different batch, or the end of the run.
+
+    Typical causes: a callback or an ``interrupt`` that acts on one rank only, or different pipeline
+    arguments per rank.
+
+    Example:
+        >>> import xcfg
+        >>> issubclass(xcfg.RankMismatchError, xcfg.RankError)
+        True
+    """
+
+
+class DivergenceError(RankError):
+    """The ranks fed the denoiser different inputs, so their results would silently differ.
+
+    Example:
+        >>> import xcfg
+        >>> issubclass(xcfg.DivergenceError, xcfg.RankError)
+        True
+    """
+
+
+class RankTimeoutError(RankError):
+    """A peer did not reach the same point within the CFG group's timeout.
+
+    Example:
+        >>> import xcfg
+        >>> issubclass(xcfg.RankTimeoutError, xcfg.RankError)
+        True
+    """
