@@ -25,6 +25,10 @@ class CFGStyle(str, enum.Enum):
     Attributes:
         BATCHED: one denoiser call per step on the batch ``[uncond, cond]`` (CogVideoX, SD3, Mochi).
             xcfg splits the batch across the ranks and all-gathers the output.
+        TWO_CALL: two denoiser calls per step at batch B, cond then uncond, usually inside
+            ``transformer.cache_context("cond")`` and ``("uncond")`` (Wan, Qwen-Image, Flux and
+            HunyuanVideo with ``true_cfg_scale``). Two ranks compute the two calls of a step at once and
+            exchange the results; ``batch_inputs`` is not needed.
         NONE: the model has no uncond branch to split (guidance-distilled models). ``parallelize``
             refuses it with the spec's ``no_cfg_reason``.
 
@@ -35,6 +39,7 @@ class CFGStyle(str, enum.Enum):
     """
 
     BATCHED = "batched"
+    TWO_CALL = "two_call"
     NONE = "none"
 
 

@@ -163,7 +163,7 @@ class _SplitGatherHook(ModelHook):
         split = False
         try:
             batch = plan.batch_size(args, kwargs)
-            split = batch is not None and batch % group.size == 0
+            split = group.size > 1 and batch is not None and batch % group.size == 0
             if session is not None:
                 session.check_inputs(plan.bound(args, kwargs))
             if split:
