@@ -31,6 +31,7 @@ class Tag(enum.IntEnum):
     CALL = 3
     CHECK = 4
     RUN_END = 5
+    WORK = 6
 
 
 class Flag(enum.IntFlag):
@@ -63,6 +64,8 @@ class _Position:
             return f"starting pipeline call {self.run}"
         if self.tag is Tag.RUN_END:
             return f"ending pipeline call {self.run} after {self.call} denoiser calls"
+        if self.tag is Tag.WORK:
+            return f"in split work {self.value} after denoiser call {self.call} of pipeline call {self.run}"
         split = ", split" if self.flags & Flag.SPLIT else ""
         return f"at denoiser call {self.call} of pipeline call {self.run} (batch {self.value}{split})"
 
@@ -124,6 +127,17 @@ class Session:
         rows = self._round(Tag.CALL, value=batch, flags=flags, error=error)
         self.interrupt = any(row.flags & Flag.INTERRUPT for row in rows)
         self.call += 1
+
+    def after_work(self, what: int, error: BaseException | None) -> None:
+        """Agree that every rank finished a piece of split work other than a denoiser call.
+
+        Call it on every rank after the local part of the work and before its collective (for example
+        decoding this rank's VAE tiles, before gathering them). ``what`` identifies the work (any
+        integer every rank computes alike, such as the number of tiles). Raises on every rank when any
+        rank failed or the ranks disagree.
+        """
+        flags = Flag.FAILED if error is not None else Flag.NONE
+        self._round(Tag.WORK, value=what, flags=flags, error=error)
 
     def check_inputs(self, inputs: dict[str, Any]) -> None:
         """Compare fingerprints of the denoiser's inputs across ranks when this call is due a check."""
