@@ -197,3 +197,49 @@ def test_run_ranks_reports_a_failing_rank():
 
 def test_toy_spec_is_what_the_tests_use():
     assert TOY_SPEC.resolve() is ToyDenoiser
+
+
+def _two_call_rank(rank: int, world: int) -> dict:
+    from toys import ToyTwoCallPipe, TwoCallPlugin, two_call_model
+
+    registry = xcfg.Registry(autoload=False)
+    registry.register(TwoCallPlugin(), name="two-call")
+    g = torch.Generator().manual_seed(0)
+    latents, positive, negative = (torch.randn(1, n, 4, generator=g) for n in (3, 5, 5))
+    reference, pipe = ToyTwoCallPipe(two_call_model()), ToyTwoCallPipe(two_call_model())
+    handle = xcfg.parallelize(pipe, registry=registry)
+    result = {}
+    for label, kwargs in (("cfg", {}), ("cfg_off", {"guidance_scale": 1.0})):
+        pipe.transformer.batches.clear()
+        reference.transformer.batches.clear()
+        actual, expected = pipe(latents, positive, negative, steps=6, **kwargs), reference(latents, positive, negative, steps=6, **kwargs)
+        result[label] = (relative_error(actual, expected), len(pipe.transformer.batches), len(reference.transformer.batches))
+
+    class ChangingNegative(ToyTwoCallPipe):
+        """The negative prompt changes every step: every prediction misses, the result must not."""
+
+        def __call__(self, latents, prompt_embeds, negative_prompt_embeds, steps=4, guidance_scale=3.0):
+            for i in range(steps):
+                t = torch.full((1,), float(steps - i))
+                cond = self.transformer(latents, prompt_embeds, t, return_dict=False)[0]
+                uncond = self.transformer(latents, negative_prompt_embeds * (i + 1), t, return_dict=False)[0]
+                latents = latents - 0.1 * (uncond + guidance_scale * (cond - uncond))
+            return latents
+
+    handle.remove()
+    changing, changing_reference = ChangingNegative(two_call_model()), ChangingNegative(two_call_model())
+    xcfg.parallelize(changing, registry=registry)
+    error = relative_error(changing(latents, positive, negative, steps=4), changing_reference(latents, positive, negative, steps=4))
+    result["misses"] = (error, len(changing.transformer.batches))
+    return result
+
+
+def test_two_call_style_runs_cond_and_uncond_on_two_ranks():
+    for result in run_ranks(_two_call_rank, timeout=120):
+        error, calls, reference_calls = result["cfg"]
+        assert error < 1e-6 and reference_calls == 12
+        assert calls == 7, "step 1 runs both calls on every rank, then one call per rank per step"
+        error, calls, reference_calls = result["cfg_off"]
+        assert error < 1e-6 and calls == reference_calls == 6, "one call per step: every rank computes it"
+        error, calls = result["misses"]
+        assert error < 1e-6 and calls == 2 + 3 * 2, "a missed prediction is recomputed on every rank"

@@ -82,3 +82,40 @@ def toy_inputs(batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
 def toy_model(seed: int = 0) -> ToyDenoiser:
     torch.manual_seed(seed)
     return ToyDenoiser()
+
+
+class ToyTwoCallDenoiser(ToyDenoiser):
+    """The same model, used by a pipeline that calls it twice per step (cond, then uncond)."""
+
+
+TWO_CALL_SPEC = xcfg.ModelSpec(model=ToyTwoCallDenoiser, style="two_call")
+
+
+class TwoCallPlugin:
+    @xcfg.hookimpl
+    def register_models(self, register):
+        register(TWO_CALL_SPEC)
+
+
+class ToyTwoCallPipe:
+    """A two-call CFG loop shaped like Wan's and Qwen-Image's (a fresh timestep tensor per call)."""
+
+    def __init__(self, transformer):
+        self.transformer = transformer
+
+    def __call__(self, latents, prompt_embeds, negative_prompt_embeds, steps=4, guidance_scale=3.0, generator=None):
+        for i in range(steps):
+            t = torch.full((latents.shape[0],), float(steps - i))
+            cond = self.transformer(hidden_states=latents, encoder_hidden_states=prompt_embeds, timestep=t / 10,
+                                    return_dict=False)[0]
+            if guidance_scale > 1:
+                uncond = self.transformer(hidden_states=latents, encoder_hidden_states=negative_prompt_embeds,
+                                          timestep=t / 10, return_dict=False)[0]
+                cond = uncond + guidance_scale * (cond - uncond)
+            latents = latents - 0.1 * cond
+        return latents
+
+
+def two_call_model(seed: int = 0) -> ToyTwoCallDenoiser:
+    torch.manual_seed(seed)
+    return ToyTwoCallDenoiser()

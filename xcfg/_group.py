@@ -19,8 +19,10 @@ __all__ = ["CFGGroup", "DEFAULT_TIMEOUT", "init_distributed"]
 
 DEFAULT_TIMEOUT = datetime.timedelta(minutes=5)
 
-# torch 2.13 renamed all_gather_into_tensor (now deprecated) to all_gather_single.
+# torch 2.13 renamed the all-gathers (the old names are deprecated there, the new ones missing before).
 _all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_traceable_all_gather = getattr(funcol, "all_gather_single", None) or funcol.all_gather_tensor
+_autograd_all_gather = getattr(funcol, "all_gather_single_autograd", None) or funcol.all_gather_tensor_autograd
 
 
 def init_distributed(backend: str | None = None, *, timeout: datetime.timedelta | None = None) -> torch.device:
@@ -171,9 +173,9 @@ class CFGGroup:
         """
         tensor = tensor.contiguous()
         if tensor.requires_grad and torch.is_grad_enabled():
-            return funcol.all_gather_tensor_autograd(tensor, 0, self.group)
+            return _autograd_all_gather(tensor, 0, self.group)
         if torch.compiler.is_compiling():
-            return funcol.all_gather_tensor(tensor, 0, self.group)
+            return _traceable_all_gather(tensor, 0, self.group)
         out = tensor.new_empty((tensor.shape[0] * self.size, *tensor.shape[1:]))
         _all_gather_single(out, tensor, group=self.group)
         return out

@@ -89,6 +89,7 @@ def parallelize(
     degree: int = 2,
     timeout: datetime.timedelta = DEFAULT_TIMEOUT,
     check_every: int = 0,
+    true_cfg: bool = False,
     registry: Registry | None = None,
 ) -> Parallelized:
     """Run the pipeline's classifier-free guidance batch split across the ranks of a CFG group.
@@ -107,6 +108,9 @@ def parallelize(
         timeout: how long a rank waits for its peers before every rank raises.
         check_every: compare the denoiser inputs across ranks every this many calls, besides the
             first call of each pipeline run; ``0`` compares only the first call.
+        true_cfg: you will call the pipeline with true CFG (a negative prompt and ``true_cfg_scale > 1``),
+            so a guidance-distilled two-call model (Flux.1-dev, HunyuanVideo) does make an uncond call
+            per step; without it such models are refused.
         registry: where to look models up (default: :func:`xcfg.default_registry`).
 
     Returns:
@@ -114,9 +118,10 @@ def parallelize(
 
     Raises:
         UnsupportedModelError: no plugin knows a denoiser's class.
-        NoCFGError: the model has no uncond/cond pair (guidance-distilled models).
-        SetupError: applied twice, a world size ``degree`` does not divide, a model on another rank's
-            device, or a backend that cannot carry the model's tensors.
+        NoCFGError: the model has no uncond/cond pair (guidance-distilled models without ``true_cfg``).
+        SetupError: applied twice, a world size ``degree`` does not divide, a two-call model on a group
+            that is not 2 ranks, a model on another rank's device, or a backend that cannot carry the
+            model's tensors.
 
     Example:
         >>> import xcfg
@@ -128,11 +133,18 @@ def parallelize(
     """
     registry = registry or default_registry()
     found = _denoisers(pipe)
-    specs = {name: _spec_for(name, module, registry) for name, module in found.items()}
+    specs = {name: _spec_for(name, module, registry, true_cfg) for name, module in found.items()}
     if "_xcfg_handle" in getattr(pipe, "__dict__", {}) or is_hooked(pipe) or any(map(is_wrapped, found.values())):
         raise SetupError(
             "xcfg: this pipeline is already parallelized; call .remove() on the handle the first parallelize() "
             "returned (or use it as a context manager) before applying it again"
+        )
+    two_call = [name for name, spec in specs.items() if spec.style is CFGStyle.TWO_CALL]
+    size = _planned_size(group, degree)
+    if two_call and size not in (1, 2):
+        raise SetupError(
+            f"xcfg: the pipeline's {two_call[0]!r} makes two denoiser calls per step (cond, uncond), so its CFG group "
+            f"needs exactly 2 ranks, not {size}: use degree=2 (the default) or a group of 2 ranks"
         )
     cfg_group = _resolve_group(group, degree, timeout)
     if cfg_group.size == 1:
@@ -171,7 +183,7 @@ def _denoisers(pipe: Any) -> dict[str, torch.nn.Module]:
     return found
 
 
-def _spec_for(name: str, module: torch.nn.Module, registry: Registry) -> ModelSpec:
+def _spec_for(name: str, module: torch.nn.Module, registry: Registry, true_cfg: bool) -> ModelSpec:
     cls = type(module)
     entry = registry.lookup(cls)
     if entry is None:
@@ -188,10 +200,12 @@ def _spec_for(name: str, module: torch.nn.Module, registry: Registry) -> ModelSp
     spec = entry.spec
     if spec.style is CFGStyle.NONE:
         raise NoCFGError(f"xcfg cannot parallelize {cls.__name__} (plugin {entry.plugin!r}): {spec.no_cfg_reason}")
-    if spec.refuse is not None:
-        reason = spec.refuse(module)
-        if reason:
-            raise NoCFGError(f"xcfg cannot parallelize {cls.__name__} (plugin {entry.plugin!r}): {reason}")
+    if spec.guidance_distilled is not None and not true_cfg and spec.guidance_distilled(module):
+        raise NoCFGError(
+            f"xcfg cannot parallelize {cls.__name__} (plugin {entry.plugin!r}): {spec.no_cfg_reason} If you call the "
+            "pipeline with true CFG (a negative prompt and true_cfg_scale > 1), it makes a cond and an uncond call per "
+            "step that xcfg can run on two ranks: pass xcfg.parallelize(pipe, true_cfg=True)."
+        )
     check_inputs(spec, cls)
     return spec
 
@@ -204,6 +218,16 @@ def _resolve_group(group: Any, degree: int, timeout: datetime.timedelta) -> CFGG
     if dist.is_available() and dist.is_initialized():
         check_world_size(dist.get_world_size(), degree)
     return CFGGroup.create(degree, timeout=timeout)
+
+
+def _planned_size(group: Any, degree: int) -> int:
+    if isinstance(group, CFGGroup):
+        return group.size
+    if group is not None:
+        return dist.get_world_size(group)
+    if not (dist.is_available() and dist.is_initialized()):
+        return 1
+    return min(degree, dist.get_world_size())
 
 
 def _module_device(module: torch.nn.Module) -> torch.device | None:

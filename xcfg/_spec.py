@@ -89,10 +89,14 @@ class ModelSpec(_Frozen):
             ``BatchInput(name=...)``. Required for :attr:`CFGStyle.BATCHED`; anything not listed is
             passed unchanged to every rank.
         style: how the pipeline evaluates the CFG branches (:class:`CFGStyle`).
-        no_cfg_reason: why CFG parallelism is impossible for this model; required when ``style`` is
-            :attr:`CFGStyle.NONE` and shown to the user when ``parallelize`` refuses it.
-        refuse: optional check run on the model instance by ``parallelize``; it returns a reason to
-            refuse this particular instance (for example a config flag), or ``None``.
+        no_cfg_reason: why CFG parallelism is impossible for this model; shown to the user when
+            ``parallelize`` refuses it. Required when ``style`` is :attr:`CFGStyle.NONE`, and with
+            ``guidance_distilled``.
+        guidance_distilled: for a :attr:`CFGStyle.TWO_CALL` model that some checkpoints distil
+            (Flux.1-dev, HunyuanVideo): returns whether this instance is guidance-distilled, for
+            example from ``module.config.guidance_embeds``. Such an instance has an uncond call only
+            when the pipeline runs true CFG (a negative prompt and ``true_cfg_scale > 1``), so
+            ``parallelize`` refuses it with ``no_cfg_reason`` unless called with ``true_cfg=True``.
 
     Example:
         >>> from xcfg import ModelSpec
@@ -110,7 +114,7 @@ class ModelSpec(_Frozen):
     batch_inputs: tuple[BatchInput, ...] = ()
     style: CFGStyle = CFGStyle.BATCHED
     no_cfg_reason: str | None = None
-    refuse: Callable[[torch.nn.Module], str | None] | None = None
+    guidance_distilled: Callable[[torch.nn.Module], bool] | None = None
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -144,8 +148,13 @@ class ModelSpec(_Frozen):
             raise ValueError("a 'batched' spec needs batch_inputs: the forward arguments that carry the batch")
         if self.style is CFGStyle.NONE and not (self.no_cfg_reason or "").strip():
             raise ValueError("a spec with style 'none' needs no_cfg_reason: say why CFG parallelism is impossible")
-        if self.style is not CFGStyle.NONE and self.no_cfg_reason is not None:
-            raise ValueError("no_cfg_reason is only for style 'none'; use `refuse` to refuse some instances")
+        if self.guidance_distilled is not None:
+            if self.style is not CFGStyle.TWO_CALL:
+                raise ValueError("guidance_distilled is only for style 'two_call' (true CFG makes two calls per step)")
+            if not (self.no_cfg_reason or "").strip():
+                raise ValueError("a spec with guidance_distilled needs no_cfg_reason: say why a distilled instance has no CFG")
+        elif self.style is not CFGStyle.NONE and self.no_cfg_reason is not None:
+            raise ValueError("no_cfg_reason is only for style 'none' or with guidance_distilled")
         return self
 
     @property

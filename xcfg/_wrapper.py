@@ -180,6 +180,163 @@ class _SplitGatherHook(ModelHook):
         return output
 
 
+def _snapshot(value: Any) -> Any:
+    """Copy containers (a pipeline may mutate a dict between calls), keep tensors and other leaves."""
+    if isinstance(value, dict):
+        return {k: _snapshot(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_snapshot(v) for v in value]
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):
+        return tuple(_snapshot(v) for v in value)
+    return value
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether two argument values are equal: identity first, then values (tensors compared exactly)."""
+    if a is b:
+        return True
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
+            return False
+        if a.shape != b.shape or a.dtype != b.dtype or a.device != b.device:
+            return False
+        return bool(torch.equal(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(map(_same, a, b))
+    try:
+        return bool(a == b)
+    except Exception:
+        return False
+
+
+def _same_call(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+
+
+def _exchange(output: Any, group: CFGGroup) -> tuple[Any, Any]:
+    """All-gather a two-rank output; return (rank 0's part, rank 1's part) with the output's structure."""
+    if isinstance(output, torch.Tensor):
+        if output.dim() == 0:
+            return output, output
+        both = group.all_gather(output)
+        return both[: output.shape[0]], both[output.shape[0] :]
+    if isinstance(output, (tuple, list)) or isinstance(output, dict):
+        items = output.items() if isinstance(output, dict) else enumerate(output)
+        pairs = {k: _exchange(v, group) for k, v in items}
+        if isinstance(output, dict):
+            return (type(output)(**{k: p[0] for k, p in pairs.items()}), type(output)(**{k: p[1] for k, p in pairs.items()}))
+        firsts, seconds = [p[0] for p in pairs.values()], [p[1] for p in pairs.values()]
+        if hasattr(output, "_fields"):
+            return type(output)(*firsts), type(output)(*seconds)
+        return type(output)(firsts), type(output)(seconds)
+    return output, output
+
+
+def _output_size(output: Any) -> int:
+    if isinstance(output, torch.Tensor):
+        return output.numel()
+    if isinstance(output, dict):
+        return sum(_output_size(v) for v in output.values())
+    if isinstance(output, (tuple, list)):
+        return sum(_output_size(v) for v in output)
+    return 0
+
+
+class _TwoCallHook(ModelHook):
+    """Runs the cond and uncond calls of a step on two ranks at once.
+
+    A two-call pipeline calls the denoiser twice per step with the same latents and timestep: first
+    with the prompt (cond), then with the negative prompt (uncond). The second call's arguments are
+    not known when the first call arrives, but across steps they follow a pattern: the arguments that
+    differed between the two calls of the previous step (the prompt side) keep their uncond values,
+    the rest (latents, timestep, ...) are the first call's. So from the second step on, at the first
+    call rank 0 computes the call as given and rank 1 computes the predicted uncond call; the ranks
+    exchange the two outputs. When the second call arrives and equals the prediction (checked
+    exactly), its output is returned without computing; otherwise every rank computes it, so a wrong
+    prediction costs time, never correctness. A step with a single call (CFG off) runs whole on every
+    rank, and nothing waits for a call that never comes.
+    """
+
+    def __init__(self, plan: _Plan, group: CFGGroup, session: Session | None) -> None:
+        super().__init__()
+        self.plan = plan
+        self.group = group
+        self.session = session
+        self.latent = plan.names[0] if plan.names else "hidden_states"
+        self.predictions = 0
+        self._reset(run=None)
+
+    def _reset(self, run: int | None) -> None:
+        self.run = run
+        self.first: dict[str, Any] | None = None  # the last first call's arguments
+        self.uncond: dict[str, Any] | None = None  # the last second call's arguments
+        self.branch: tuple[str, ...] | None = None  # arguments that differed within the last pair
+        self.pending: tuple[dict[str, Any], Any] | None = None  # (predicted second call, its output)
+        self.last_role = ""
+
+    def _is_second(self, named: dict[str, Any]) -> bool:
+        if self.last_role != "first" or self.first is None:
+            return False
+        return all(_same(named.get(k), self.first.get(k)) for k in (self.latent, "timestep"))
+
+    def _prediction(self, named: dict[str, Any]) -> dict[str, Any] | None:
+        if self.group.size != 2 or self.branch is None or self.uncond is None:
+            return None
+        predicted = dict(named)
+        for name in self.branch:
+            if name in self.uncond:
+                predicted[name] = self.uncond[name]
+            else:
+                predicted.pop(name, None)
+        return predicted
+
+    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        forward = self.fn_ref.original_forward
+        session = None if torch.compiler.is_compiling() else self.session
+        if session is not None and session.run != self.run:
+            self._reset(session.run)
+        named = self.plan.bound(args, kwargs)
+        predicted: dict[str, Any] | None = None
+        value, role = -1, "first"
+        try:
+            if session is not None:
+                session.check_inputs(named)
+            if self.pending is not None and _same_call(named, self.pending[0]):
+                role, output = "second", self.pending[1]
+            else:
+                role = "second" if self._is_second(named) else "first"
+                predicted = self._prediction(named) if role == "first" else None
+                if predicted is None:
+                    output = forward(*args, **kwargs)
+                else:
+                    output = forward(**(named if self.group.rank == 0 else predicted))
+            value = _output_size(output)
+        except BaseException as err:
+            if session is not None and not session.aborted:
+                session.after_call(value, predicted is not None, err)
+            raise
+        if session is not None:
+            session.after_call(value, predicted is not None, None)
+        if predicted is not None:
+            output, uncond_output = _exchange(output, self.group)
+            self.pending = (_snapshot(predicted), uncond_output)
+            self.predictions += 1
+        if role == "first":
+            self.first = _snapshot(named)
+            if predicted is None:
+                self.pending = None
+        else:
+            self.uncond = _snapshot(named)
+            first = self.first or {}
+            names = set(first) | set(named)
+            self.branch = tuple(sorted(n for n in names if not _same(first.get(n), named.get(n))))
+            self.pending = None
+        self.last_role = role
+        return output
+
+
 class Wrapped:
     """A denoiser with the xcfg wrapper installed; :meth:`remove` restores it.
 
@@ -189,7 +346,7 @@ class Wrapped:
         group: the CFG group it splits across.
     """
 
-    def __init__(self, module: torch.nn.Module, spec: ModelSpec, group: CFGGroup, hook: _SplitGatherHook) -> None:
+    def __init__(self, module: torch.nn.Module, spec: ModelSpec, group: CFGGroup, hook: ModelHook) -> None:
         self.module = module
         self.spec = spec
         self.group = group
@@ -222,10 +379,12 @@ def wrap_denoiser(
     for a model outside a pipeline. The wrapper is a diffusers ``ModelHook`` named ``"xcfg"``, so it
     composes with diffusers' own hooks, and ``inspect.signature(module.forward)`` is unchanged.
 
-    Per call it binds the arguments to the forward signature (positional or keyword), splits every
-    declared batch input when the batch divides by ``group.size`` (a batch that does not divide runs
-    whole on every rank), runs the original forward on this rank's share, and all-gathers the output
-    along dim 0, returning the type the caller asked for.
+    For a :attr:`CFGStyle.BATCHED` spec, per call it binds the arguments to the forward signature
+    (positional or keyword), splits every declared batch input when the batch divides by
+    ``group.size`` (a batch that does not divide runs whole on every rank), runs the original forward
+    on this rank's share, and all-gathers the output along dim 0, returning the type the caller asked
+    for. For a :attr:`CFGStyle.TWO_CALL` spec (a group of 2), the two calls of a step run on the two
+    ranks at once from the second step on; see the two-call section of the docs.
 
     Args:
         module: the denoiser.
@@ -252,13 +411,19 @@ def wrap_denoiser(
         [[1.0, 1.0, 1.0], [2.0, 2.0, 2.0]]
         >>> wrapped.remove()
     """
-    if spec.style is not CFGStyle.BATCHED:
-        raise SetupError(f"xcfg: {spec.name} has CFG style {spec.style.value!r}; only 'batched' models can be wrapped")
+    if spec.style is CFGStyle.NONE:
+        raise SetupError(f"xcfg: {spec.name} has no CFG to split: {spec.no_cfg_reason}")
+    if spec.style is CFGStyle.TWO_CALL and group.size not in (1, 2):
+        raise SetupError(
+            f"xcfg: {spec.name} makes two denoiser calls per step (cond, uncond), so its CFG group needs exactly 2 "
+            f"ranks, not {group.size}: pass degree=2 (the default) or a group of 2"
+        )
     if is_wrapped(module):
         raise SetupError(
             f"xcfg: {type(module).__name__} is already parallelized; call .remove() on the handle parallelize "
             "returned before applying it again"
         )
-    hook = _SplitGatherHook(_Plan(spec, type(module)), group, session)
+    hook_class = _TwoCallHook if spec.style is CFGStyle.TWO_CALL else _SplitGatherHook
+    hook = hook_class(_Plan(spec, type(module)), group, session)
     HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, HOOK_NAME)
     return Wrapped(module, spec, group, hook)
