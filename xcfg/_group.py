@@ -72,7 +72,8 @@ class CFGGroup:
     keeps no global group.
 
     Attributes:
-        group: the process group that carries tensors (the user's backend); ``None`` when ``size == 1``.
+        group: the process group that carries tensors (the user's backend, xcfg's timeout); ``None``
+            when ``size == 1``.
         control: a gloo group over the same ranks for small control messages, bounded by ``timeout``.
         rank: this process's rank within the group.
         size: the number of ranks in the group (the CFG degree).
@@ -124,9 +125,7 @@ class CFGGroup:
         if degree == 1:
             return cls.single()
         first = rank - rank % degree
-        ranks = tuple(range(first, first + degree))
-        data = dist.group.WORLD if degree == world else None
-        return cls._build(ranks, data, timeout)
+        return cls._build(tuple(range(first, first + degree)), None, timeout)
 
     @classmethod
     def from_group(cls, group: Any, *, timeout: datetime.timedelta = DEFAULT_TIMEOUT) -> CFGGroup:
@@ -177,19 +176,12 @@ class CFGGroup:
         if torch.compiler.is_compiling():
             return _traceable_all_gather(tensor, 0, self.group)
         out = tensor.new_empty((tensor.shape[0] * self.size, *tensor.shape[1:]))
-        _all_gather_single(out, tensor, group=self.group)
+        self._control_call(lambda: _all_gather_single(out, tensor, group=self.group), "the output all-gather")
         return out
 
     def backend_for(self, device: torch.device) -> str | None:
         """The backend the data plane uses for tensors on ``device``, or ``None`` if it has none."""
-        name = str(dist.get_backend(self.group)).lower()
-        if ":" not in name:
-            return name
-        for part in name.split(","):
-            dev, _, backend = part.partition(":")
-            if dev.strip() == device.type:
-                return backend.strip()
-        return None
+        return backend_for(self.group, device)
 
     # -- control plane -------------------------------------------------------------------------------
 
@@ -218,6 +210,7 @@ class CFGGroup:
         return [pickle.loads(rows[r, : sizes[r][0]].numpy().tobytes()) for r in range(self.size)]
 
     def _control_call(self, fn: Any, where: str) -> None:
+        """Run a collective; turn a timeout or a lost peer into the matching :class:`xcfg.RankError`."""
         try:
             fn()
         except RuntimeError as err:
@@ -232,6 +225,21 @@ class CFGGroup:
             raise RankFailedError(
                 f"xcfg: lost a peer of the CFG group {list(self.ranks)} at {where} (its process probably exited): {text}"
             ) from err
+
+
+def backend_for(group: Any, device: torch.device) -> str | None:
+    """The backend ``group`` (``None``: the default group) uses for tensors on ``device``, or ``None``.
+
+    Handles single backends (``"nccl"``) and per-device maps (``"cpu:gloo,cuda:nccl"``).
+    """
+    name = str(dist.get_backend(group)).lower()
+    if ":" not in name:
+        return name
+    for part in name.split(","):
+        dev, _, backend = part.partition(":")
+        if dev.strip() == device.type:
+            return backend.strip()
+    return None
 
 
 def check_world_size(world: int, degree: int) -> None:

@@ -11,11 +11,12 @@ import torch
 import torch.distributed as dist
 
 from ._errors import NoCFGError, SetupError, UnsupportedModelError
-from ._group import DEFAULT_TIMEOUT, CFGGroup, check_world_size
+from ._group import DEFAULT_TIMEOUT, CFGGroup, backend_for, check_world_size
 from ._pipeline import install_pipeline_hooks, is_hooked
 from ._registry import Registry, check_inputs, default_registry
 from ._session import Session
 from ._spec import CFGStyle, ModelSpec
+from ._vae import check_vae_output, install_vae_split
 from ._wrapper import Wrapped, is_wrapped, wrap_denoiser
 
 __all__ = ["DENOISER_ATTRIBUTES", "Parallelized", "parallelize"]
@@ -90,6 +91,8 @@ def parallelize(
     timeout: datetime.timedelta = DEFAULT_TIMEOUT,
     check_every: int = 0,
     true_cfg: bool = False,
+    split_vae: bool = True,
+    vae_output: str = "all",
     registry: Registry | None = None,
 ) -> Parallelized:
     """Run the pipeline's classifier-free guidance batch split across the ranks of a CFG group.
@@ -111,6 +114,15 @@ def parallelize(
         true_cfg: you will call the pipeline with true CFG (a negative prompt and ``true_cfg_scale > 1``),
             so a guidance-distilled two-call model (Flux.1-dev, HunyuanVideo) does make an uncond call
             per step; without it such models are refused.
+        split_vae: spread the tiles of the VAE's tiled decode across the ranks (each decodes its share,
+            then every rank gathers and blends them), for VAEs with a :class:`xcfg.VAESpec` (CogVideoX,
+            Mochi, ``AutoencoderKL``). Only a tiled decode is split: enable tiling yourself with
+            ``pipe.vae.enable_tiling()``, since it changes the decoded result; a decode without tiling or
+            of a latent smaller than one tile runs whole on every rank, as before. ``False`` leaves the
+            VAE alone.
+        vae_output: where the split decode delivers its result: ``"all"`` ranks (every rank's pipeline
+            output is the same), or ``"rank0"`` only, when only rank 0 saves the result; the other ranks
+            skip the blending and their pipeline returns zeros of the same shape.
         registry: where to look models up (default: :func:`xcfg.default_registry`).
 
     Returns:
@@ -121,7 +133,8 @@ def parallelize(
         NoCFGError: the model has no uncond/cond pair (guidance-distilled models without ``true_cfg``).
         SetupError: applied twice, a world size ``degree`` does not divide, a two-call model on a group
             that is not 2 ranks, a model on another rank's device, or a backend that cannot carry the
-            model's tensors.
+            model's tensors, or a VAE whose decode another handle split already.
+        ValueError: ``vae_output`` is neither ``"all"`` nor ``"rank0"``.
 
     Example:
         >>> import xcfg
@@ -132,6 +145,7 @@ def parallelize(
         >>> handle.remove()
     """
     registry = registry or default_registry()
+    check_vae_output(vae_output)
     found = _denoisers(pipe)
     specs = {name: _spec_for(name, module, registry, true_cfg) for name, module in found.items()}
     if "_xcfg_handle" in getattr(pipe, "__dict__", {}) or is_hooked(pipe) or any(map(is_wrapped, found.values())):
@@ -146,10 +160,11 @@ def parallelize(
             f"xcfg: the pipeline's {two_call[0]!r} makes two denoiser calls per step (cond, uncond), so its CFG group "
             f"needs exactly 2 ranks, not {size}: use degree=2 (the default) or a group of 2 ranks"
         )
+    if size > 1:
+        _check_devices(found, group.group if isinstance(group, CFGGroup) else group)
     cfg_group = _resolve_group(group, degree, timeout)
     if cfg_group.size == 1:
         return _mark(pipe, Parallelized(pipe, cfg_group, specs, []))
-    _check_devices(found, cfg_group)
     session = Session(cfg_group, check_every=check_every)
     devices = session.handshake(_device_index(found), _fingerprint(specs))
     cuda = [d for d in devices if d >= 0]
@@ -159,9 +174,18 @@ def parallelize(
             f"(cuda indices {devices}). Give each rank its own: torch.cuda.set_device(local_rank) and "
             "pipe.to(f'cuda:{local_rank}'), or let xcfg.init_distributed() pick the device."
         )
+    split = split_vae and not isinstance(pipe, torch.nn.Module)
+    vae_undo = install_vae_split(pipe, cfg_group, session, registry, output=vae_output) if split else None
     wrapped = [wrap_denoiser(module, specs[name], cfg_group, session=session) for name, module in found.items()]
     undo = None if isinstance(pipe, torch.nn.Module) else install_pipeline_hooks(pipe, session)
-    return _mark(pipe, Parallelized(pipe, cfg_group, specs, wrapped, undo))
+    return _mark(pipe, Parallelized(pipe, cfg_group, specs, wrapped, _undo_all(undo, vae_undo)))
+
+
+def _undo_all(*undos: Any) -> Any:
+    todo = [undo for undo in undos if undo is not None]
+    if not todo:
+        return None
+    return lambda: [undo() for undo in todo]
 
 
 def _mark(pipe: Any, handle: Parallelized) -> Parallelized:
@@ -215,18 +239,18 @@ def _resolve_group(group: Any, degree: int, timeout: datetime.timedelta) -> CFGG
         return group
     if group is not None:
         return CFGGroup.from_group(group, timeout=timeout)
-    if dist.is_available() and dist.is_initialized():
-        check_world_size(dist.get_world_size(), degree)
     return CFGGroup.create(degree, timeout=timeout)
 
 
 def _planned_size(group: Any, degree: int) -> int:
+    """The CFG group size ``parallelize`` will use, checked without any collective."""
     if isinstance(group, CFGGroup):
         return group.size
     if group is not None:
         return dist.get_world_size(group)
     if not (dist.is_available() and dist.is_initialized()):
         return 1
+    check_world_size(dist.get_world_size(), degree)
     return min(degree, dist.get_world_size())
 
 
@@ -243,16 +267,17 @@ def _device_index(found: dict[str, torch.nn.Module]) -> int:
     return next((d.index if d.index is not None else torch.cuda.current_device() for d in devices if d and d.type == "cuda"), -1)
 
 
-def _check_devices(found: dict[str, torch.nn.Module], group: CFGGroup) -> None:
+def _check_devices(found: dict[str, torch.nn.Module], source: Any) -> None:
+    """Refuse devices the backend of ``source`` (the group the CFG group is made from) cannot carry."""
     for name, module in found.items():
         device = _module_device(module)
         if device is None or device.type == "meta":
             continue
-        backend = group.backend_for(device)
+        backend = backend_for(source, device)
         if backend is None or (backend == "gloo" and device.type != "cpu"):
             raise SetupError(
                 f"xcfg: the pipeline's {name!r} is on {device}, but the CFG group's backend "
-                f"({dist.get_backend(group.group)}) cannot carry {device.type} tensors. Initialize the process group "
+                f"({dist.get_backend(source)}) cannot carry {device.type} tensors. Initialize the process group "
                 f"with backend='nccl' for GPUs (xcfg.init_distributed() does), or keep the model on the CPU with gloo."
             )
         if backend == "nccl" and device.type != "cuda":

@@ -7,8 +7,9 @@
   and CUDA generators and every ``generator`` passed to the call) to every rank, so all ranks draw the
   same starting noise and the same sampler noise;
 - at the end, the ranks agree that every rank finished; an exception on any rank makes every rank raise;
-- ``pipe.interrupt`` returns the value the ranks agreed on after the last denoiser call, so an
-  interrupt requested on one rank stops all of them at the same step.
+- ``pipe.interrupt``, which pipelines read at the top of every step, returns the value the ranks
+  agree on at that read: true on every rank when any rank set it, so an interrupt requested on one
+  rank (a UI thread, a callback) stops all of them at the same step.
 
 Removing the handle restores the original class.
 """
@@ -78,10 +79,11 @@ def _subclass(base: type) -> type:
     if isinstance(original_interrupt, property):
 
         def interrupt(self: Any) -> bool:
+            requested = bool(original_interrupt.fget(self))
             session: Session | None = self.__dict__.get(_SESSION_ATTR)
-            if session is None or not session.depth:
-                return bool(original_interrupt.fget(self))
-            return session.interrupt
+            if session is None or not session.depth or session.aborted:
+                return requested
+            return session.agree_interrupt(requested)
 
         namespace["interrupt"] = property(interrupt, doc=original_interrupt.__doc__)
     sub = type(base.__name__, (base,), namespace)
@@ -99,7 +101,6 @@ def install_pipeline_hooks(pipe: Any, session: Session) -> Any:
     base = type(pipe)
     object.__setattr__(pipe, "__class__", _subclass(base))
     pipe.__dict__[_SESSION_ATTR] = session
-    session.interrupt_requested = lambda: bool(getattr(pipe, "_interrupt", False))
 
     def remove() -> None:
         if pipe.__dict__.pop(_SESSION_ATTR, None) is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +32,7 @@ class Tag(enum.IntEnum):
     CHECK = 4
     RUN_END = 5
     WORK = 6
+    INTERRUPT = 7
 
 
 class Flag(enum.IntFlag):
@@ -64,6 +65,8 @@ class _Position:
             return f"starting pipeline call {self.run}"
         if self.tag is Tag.RUN_END:
             return f"ending pipeline call {self.run} after {self.call} denoiser calls"
+        if self.tag is Tag.INTERRUPT:
+            return f"checking for an interrupt after denoiser call {self.call} of pipeline call {self.run}"
         if self.tag is Tag.WORK:
             return f"in split work {self.value} after denoiser call {self.call} of pipeline call {self.run}"
         split = ", split" if self.flags & Flag.SPLIT else ""
@@ -77,25 +80,15 @@ class Session:
         group: the CFG group (size > 1).
         check_every: also compare the denoiser inputs across ranks every this many calls
             (the first call of each pipeline run is always compared); ``0`` for the first call only.
-        interrupt_requested: returns whether this rank's pipeline asked to stop; the ranks agree on it
-            after every denoiser call (see :attr:`interrupt`).
     """
 
-    def __init__(
-        self,
-        group: CFGGroup,
-        *,
-        check_every: int = 0,
-        interrupt_requested: Callable[[], bool] | None = None,
-    ) -> None:
+    def __init__(self, group: CFGGroup, *, check_every: int = 0) -> None:
         self.group = group
         self.check_every = check_every
-        self.interrupt_requested = interrupt_requested or (lambda: False)
         self.run = 0
         self.call = 0
         self.depth = 0
         self.aborted = False
-        self.interrupt = False
         self._lock = threading.RLock()
 
     # -- protocol rounds -----------------------------------------------------------------------------
@@ -110,7 +103,6 @@ class Session:
         self.run += 1
         self.call = 0
         self.aborted = False
-        self.interrupt = False
         self._round(Tag.RUN_BEGIN, value=len(generators), flags=Flag.NONE, error=None)
         states = self.group.gather_objects(_rng_states(generators) if self.group.rank == 0 else None, "run start")
         _set_rng_states(generators, states[0])
@@ -123,10 +115,18 @@ class Session:
     def after_call(self, batch: int, split: bool, error: BaseException | None) -> None:
         """Agree that every rank finished the same denoiser call; raise everywhere if one failed."""
         flags = (Flag.SPLIT if split else Flag.NONE) | (Flag.FAILED if error is not None else Flag.NONE)
-        flags |= Flag.INTERRUPT if self.interrupt_requested() else Flag.NONE
-        rows = self._round(Tag.CALL, value=batch, flags=flags, error=error)
-        self.interrupt = any(row.flags & Flag.INTERRUPT for row in rows)
+        self._round(Tag.CALL, value=batch, flags=flags, error=error)
         self.call += 1
+
+    def agree_interrupt(self, requested: bool) -> bool:
+        """Agree on a pipeline's ``interrupt`` flag: true on every rank when any rank requested it.
+
+        Pipelines read ``self.interrupt`` at the top of every step, on every rank at the same point,
+        so an interrupt set on one rank (a UI thread, a callback) stops all ranks at the same step.
+        """
+        flags = Flag.INTERRUPT if requested else Flag.NONE
+        rows = self._round(Tag.INTERRUPT, value=0, flags=flags, error=None)
+        return any(row.flags & Flag.INTERRUPT for row in rows)
 
     def after_work(self, what: int, error: BaseException | None) -> None:
         """Agree that every rank finished a piece of split work other than a denoiser call.
