@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -146,6 +147,16 @@ def _gather_output(output: Any, share: int, group: CFGGroup) -> Any:
     return output
 
 
+def _mixes_batch(module: torch.nn.Module) -> bool:
+    """Whether attention processors that mix the samples of a batch are installed.
+
+    Perturbed-attention guidance (diffusers' ``PAG*`` processors, set by the PAG pipelines for the
+    length of a call) batches ``[uncond, cond, perturbed]`` and splits that batch inside the model,
+    so the batch must reach every attention layer whole.
+    """
+    return any("PAG" in type(getattr(m, "processor", None)).__name__ for m in module.modules())
+
+
 class _SplitGatherHook(ModelHook):
     """Splits the declared batch inputs across the CFG group and all-gathers the output."""
 
@@ -154,6 +165,7 @@ class _SplitGatherHook(ModelHook):
         self.plan = plan
         self.group = group
         self.session = session
+        self.whole = False  # run every call whole: the model mixes samples of the batch (PAG)
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         forward = self.fn_ref.original_forward
@@ -162,8 +174,16 @@ class _SplitGatherHook(ModelHook):
         batch: int | None = None
         split = False
         try:
+            if session is not None and session.call == 0:  # processors are set per pipeline call
+                self.whole = _mixes_batch(module)
+                if self.whole:
+                    warnings.warn(
+                        "xcfg: perturbed-attention guidance mixes the samples of the batch inside the model, so "
+                        "xcfg runs every call whole on every rank (same result, no speedup)",
+                        stacklevel=2,
+                    )
             batch = plan.batch_size(args, kwargs)
-            split = group.size > 1 and batch is not None and batch % group.size == 0
+            split = group.size > 1 and not self.whole and batch is not None and batch % group.size == 0
             if session is not None:
                 session.check_inputs(plan.bound(args, kwargs))
             if split:
@@ -344,6 +364,16 @@ class Wrapped:
         module: the wrapped model.
         spec: the spec it was wrapped with.
         group: the CFG group it splits across.
+
+    Example:
+        >>> import torch, xcfg
+        >>> spec = xcfg.ModelSpec(model=torch.nn.Linear, batch_inputs=["input"])
+        >>> wrapped = xcfg.wrap_denoiser(torch.nn.Linear(3, 3), spec, xcfg.CFGGroup.single())
+        >>> wrapped.installed
+        True
+        >>> wrapped.remove()
+        >>> wrapped.installed
+        False
     """
 
     def __init__(self, module: torch.nn.Module, spec: ModelSpec, group: CFGGroup, hook: ModelHook) -> None:

@@ -28,7 +28,8 @@ def embeddings(seed: int, device: torch.device, dtype: torch.dtype, **shapes: tu
 
 def build_on(device: torch.device, dtype: torch.dtype, make: Any, seed: int = 0) -> Any:
     """Call ``make()`` with ``device`` and ``dtype`` as defaults and a fixed seed, so every rank builds the
-    same random weights, directly on the device (fast for full sizes). The caller's RNG state is kept."""
+    same random weights, directly on the device (fast for full sizes), in eval mode as ``from_pretrained``
+    leaves them (dropout off). The caller's RNG state is kept."""
     previous = torch.get_default_dtype()
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
@@ -36,6 +37,10 @@ def build_on(device: torch.device, dtype: torch.dtype, make: Any, seed: int = 0)
         torch.set_default_dtype(dtype)
         try:
             with device:
-                return make()
+                built = make()
         finally:
             torch.set_default_dtype(previous)
+    for component in getattr(built, "components", {}).values():
+        if isinstance(component, torch.nn.Module):
+            component.eval()
+    return built
