@@ -213,3 +213,19 @@ def _toy_registry() -> xcfg.Registry:
     registry = xcfg.Registry(autoload=False)
     registry.register(ToyPlugin(), name="toys")
     return registry
+
+
+def test_a_runtime_plugin_overrides_a_builtin_one():
+    """Registering before anything was looked up still wins: entry points load first."""
+    from diffusers import PixArtTransformer2DModel
+
+    override = xcfg.ModelSpec(model=PixArtTransformer2DModel, batch_inputs=["hidden_states"])
+
+    class Override:
+        @xcfg.hookimpl
+        def register_models(self, register):
+            register(override)
+
+    registry = xcfg.Registry(autoload=True)
+    registry.register(Override(), name="override")
+    assert registry.lookup(PixArtTransformer2DModel).plugin == "override"

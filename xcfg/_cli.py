@@ -63,8 +63,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "list":
         return _list()
     if "RANK" not in os.environ and args.nproc > 1:
-        return _launch(args.nproc, argv)
+        return _launch(args.nproc, _without_nproc(argv))
     return _run(args)
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """``argv`` without ``--nproc N``: under torchrun the rank count comes from torchrun itself."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
 
 
 def _list() -> int:
@@ -78,7 +91,12 @@ def _list() -> int:
     print("models:")
     for entry in registry.specs():
         spec = entry.spec
-        detail = spec.no_cfg_reason.split(":")[0] + " (refused)" if spec.no_cfg_reason else spec.style.value
+        if spec.style is xcfg.CFGStyle.NONE:
+            detail = "refused: " + (spec.no_cfg_reason or "").split(":")[0]
+        elif spec.guidance_distilled is not None:
+            detail = f"{spec.style.value} (guidance-distilled checkpoints: with true CFG only)"
+        else:
+            detail = spec.style.value
         print(f"  {spec.name:<36} plugin {entry.plugin:<12} {detail}")
     return 0
 
@@ -164,7 +182,8 @@ def _run(args: argparse.Namespace) -> int:
     if not args.no_baseline:
         _timed(pipe, warm, args.seed, output, device)
         expected, single = _timed(pipe, kwargs, args.seed, output, device)
-    handle = xcfg.parallelize(pipe)
+    # a call with true CFG makes the uncond call that guidance-distilled two-call models otherwise lack
+    handle = xcfg.parallelize(pipe, true_cfg=float(kwargs.get("true_cfg_scale", 1.0)) > 1.0)
     _timed(pipe, warm, args.seed, output, device)
     actual, parallel = _timed(pipe, kwargs, args.seed, output, device)
     handle.remove()

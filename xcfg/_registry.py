@@ -92,6 +92,7 @@ class Registry:
             SpecError: a spec is malformed or a hook is misspelt; the plugin is not registered.
             ValueError: a plugin of that name is already registered.
         """
+        self._ensure_loaded()  # entry points first, so a plugin registered now takes precedence over them
         with self._lock:
             name = self._pm.register(plugin, name=name)
             if name is None:

@@ -89,6 +89,7 @@ class Session:
         self.call = 0
         self.depth = 0
         self.aborted = False
+        self.shared: dict[str, Any] = {}  # state the wrapped denoisers of one pipeline share
         self._lock = threading.RLock()
 
     # -- protocol rounds -----------------------------------------------------------------------------

@@ -147,14 +147,30 @@ def _gather_output(output: Any, share: int, group: CFGGroup) -> Any:
     return output
 
 
-def _mixes_batch(module: torch.nn.Module) -> bool:
-    """Whether attention processors that mix the samples of a batch are installed.
+def _runs_whole(module: torch.nn.Module) -> str | None:
+    """Why this pipeline call must reach the model whole on every rank, or ``None``.
 
-    Perturbed-attention guidance (diffusers' ``PAG*`` processors, set by the PAG pipelines for the
-    length of a call) batches ``[uncond, cond, perturbed]`` and splits that batch inside the model,
-    so the batch must reach every attention layer whole.
+    - Perturbed-attention guidance (diffusers' ``PAG*`` processors, set by the PAG pipelines for the
+      length of a call) batches ``[uncond, cond, perturbed]`` and splits that batch inside the model.
+    - diffusers' caches (``enable_cache``: first-block cache, FasterCache, ...) keep state per
+      ``cache_context`` and decide from statistics of the whole batch; a rank that sees half of it, or
+      one of two calls, would decide differently from one process.
     """
-    return any("PAG" in type(getattr(m, "processor", None)).__name__ for m in module.modules())
+    if any("PAG" in type(getattr(m, "processor", None)).__name__ for m in module.modules()):
+        return "perturbed-attention guidance mixes the samples of the batch inside the model"
+    for m in module.modules():
+        registry = getattr(m, "_diffusers_hook", None)
+        if registry is not None and any(getattr(h, "_is_stateful", False) for h in registry.hooks.values()):
+            return "a diffusers cache (enable_cache) decides from the whole batch and keeps state per branch"
+    return None
+
+
+def _check_whole(module: torch.nn.Module) -> bool:
+    reason = _runs_whole(module)
+    if reason:
+        warnings.warn(f"xcfg: {reason}, so xcfg runs every call whole on every rank (same result, no speedup)",
+                      stacklevel=4)
+    return reason is not None
 
 
 class _SplitGatherHook(ModelHook):
@@ -165,7 +181,7 @@ class _SplitGatherHook(ModelHook):
         self.plan = plan
         self.group = group
         self.session = session
-        self.whole = False  # run every call whole: the model mixes samples of the batch (PAG)
+        self.whole = False  # run every call whole this pipeline call: see _runs_whole
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         forward = self.fn_ref.original_forward
@@ -174,14 +190,8 @@ class _SplitGatherHook(ModelHook):
         batch: int | None = None
         split = False
         try:
-            if session is not None and session.call == 0:  # processors are set per pipeline call
-                self.whole = _mixes_batch(module)
-                if self.whole:
-                    warnings.warn(
-                        "xcfg: perturbed-attention guidance mixes the samples of the batch inside the model, so "
-                        "xcfg runs every call whole on every rank (same result, no speedup)",
-                        stacklevel=2,
-                    )
+            if session is not None and session.call == 0:  # processors and caches are set per pipeline call
+                self.whole = _check_whole(module)
             batch = plan.batch_size(args, kwargs)
             split = group.size > 1 and not self.whole and batch is not None and batch % group.size == 0
             if session is not None:
@@ -264,6 +274,17 @@ def _output_size(output: Any) -> int:
     return 0
 
 
+@dataclass
+class _History:
+    """What the two-call hooks of one pipeline remember of the last step (shared by Wan 2.2's experts)."""
+
+    run: int | None = None
+    first: dict[str, Any] | None = None  # the last first call's arguments
+    uncond: dict[str, Any] | None = None  # the last second call's arguments
+    branch: tuple[str, ...] | None = None  # the arguments that differed within the last pair
+    last_role: str = ""
+
+
 class _TwoCallHook(ModelHook):
     """Runs the cond and uncond calls of a step on two ranks at once.
 
@@ -276,7 +297,8 @@ class _TwoCallHook(ModelHook):
     exchange the two outputs. When the second call arrives and equals the prediction (checked
     exactly), its output is returned without computing; otherwise every rank computes it, so a wrong
     prediction costs time, never correctness. A step with a single call (CFG off) runs whole on every
-    rank, and nothing waits for a call that never comes.
+    rank, and nothing waits for a call that never comes. The hooks of one ``parallelize`` share their
+    history, so Wan 2.2's low-noise expert predicts from the high-noise expert's last step.
     """
 
     def __init__(self, plan: _Plan, group: CFGGroup, session: Session | None) -> None:
@@ -285,29 +307,26 @@ class _TwoCallHook(ModelHook):
         self.group = group
         self.session = session
         self.latent = plan.names[0] if plan.names else "hidden_states"
-        self.predictions = 0
-        self._reset(run=None)
-
-    def _reset(self, run: int | None) -> None:
-        self.run = run
-        self.first: dict[str, Any] | None = None  # the last first call's arguments
-        self.uncond: dict[str, Any] | None = None  # the last second call's arguments
-        self.branch: tuple[str, ...] | None = None  # arguments that differed within the last pair
+        self.history = session.shared.setdefault("two_call", _History()) if session is not None else _History()
         self.pending: tuple[dict[str, Any], Any] | None = None  # (predicted second call, its output)
-        self.last_role = ""
+        self.run: int | None = None
+        self.whole = False
+        self.predictions = 0
 
     def _is_second(self, named: dict[str, Any]) -> bool:
-        if self.last_role != "first" or self.first is None:
+        first = self.history.first
+        if self.history.last_role != "first" or first is None:
             return False
-        return all(_same(named.get(k), self.first.get(k)) for k in (self.latent, "timestep"))
+        return all(_same(named.get(k), first.get(k)) for k in (self.latent, "timestep"))
 
     def _prediction(self, named: dict[str, Any]) -> dict[str, Any] | None:
-        if self.group.size != 2 or self.branch is None or self.uncond is None:
+        history = self.history
+        if self.group.size != 2 or self.whole or history.branch is None or history.uncond is None:
             return None
         predicted = dict(named)
-        for name in self.branch:
-            if name in self.uncond:
-                predicted[name] = self.uncond[name]
+        for name in history.branch:
+            if name in history.uncond:
+                predicted[name] = history.uncond[name]
             else:
                 predicted.pop(name, None)
         return predicted
@@ -315,13 +334,18 @@ class _TwoCallHook(ModelHook):
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         forward = self.fn_ref.original_forward
         session = None if torch.compiler.is_compiling() else self.session
+        history = self.history
         if session is not None and session.run != self.run:
-            self._reset(session.run)
+            self.run, self.pending = session.run, None
+            if history.run != session.run:
+                self.history.__init__(run=session.run)
         named = self.plan.bound(args, kwargs)
         predicted: dict[str, Any] | None = None
         value, role = -1, "first"
         try:
             if session is not None:
+                if session.call == 0:
+                    self.whole = _check_whole(module)
                 session.check_inputs(named)
             if self.pending is not None and _same_call(named, self.pending[0]):
                 role, output = "second", self.pending[1]
@@ -344,16 +368,16 @@ class _TwoCallHook(ModelHook):
             self.pending = (_snapshot(predicted), uncond_output)
             self.predictions += 1
         if role == "first":
-            self.first = _snapshot(named)
+            history.first = _snapshot(named)
             if predicted is None:
                 self.pending = None
         else:
-            self.uncond = _snapshot(named)
-            first = self.first or {}
+            history.uncond = _snapshot(named)
+            first = history.first or {}
             names = set(first) | set(named)
-            self.branch = tuple(sorted(n for n in names if not _same(first.get(n), named.get(n))))
+            history.branch = tuple(sorted(n for n in names if not _same(first.get(n), named.get(n))))
             self.pending = None
-        self.last_role = role
+        history.last_role = role
         return output
 
 

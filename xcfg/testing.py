@@ -26,11 +26,17 @@ import torch
 
 __all__ = ["BatchCounter", "ExampleReport", "RanksFailed", "check_example", "relative_error", "run_ranks"]
 
-_PRELOAD = ["torch", "diffusers", "xcfg"]
+_PRELOAD = ["torch", "transformers", "diffusers", "xcfg"]
 
 
 class RanksFailed(RuntimeError):
-    """One or more ranks raised or did not finish in time; the message holds each rank's traceback."""
+    """One or more ranks raised or did not finish in time; the message holds each rank's traceback.
+
+    Example:
+        >>> from xcfg.testing import RanksFailed
+        >>> issubclass(RanksFailed, RuntimeError)
+        True
+    """
 
 
 def _worker(fn: Callable[..., Any], rank: int, world_size: int, store: str, args: tuple[Any, ...],
@@ -208,6 +214,17 @@ class ExampleReport:
         single_batches: batches the model computed per call in the 1-process run.
         parallel_batches: batches each rank computed per call in the parallel run.
         tolerance: the largest relative error accepted.
+        style: the CFG style of the example's first denoiser (``"batched"`` or ``"two_call"``).
+        predictions: two-call style: how many uncond calls each rank predicted (each saves one call).
+        steps: the pipeline's ``num_inference_steps``; with two calls per step, every step after the
+            first must have been predicted.
+
+    Example:
+        >>> from xcfg.testing import ExampleReport
+        >>> report = ExampleReport(name="toy", errors=[2e-7, 2e-7], single_batches=[2, 2],
+        ...                        parallel_batches=[[1, 1], [1, 1]])
+        >>> report.ok
+        True
     """
 
     name: str
@@ -215,13 +232,24 @@ class ExampleReport:
     single_batches: list[int]
     parallel_batches: list[list[int]]
     tolerance: float = 1e-4
-    notes: list[str] = field(default_factory=list)
+    style: str = "batched"
+    predictions: list[int] = field(default_factory=list)
+    steps: int | None = None
 
     @property
     def ok(self) -> bool:
-        """Equal to one process within tolerance, and every rank computed half of every even batch."""
+        """Equal to one process within tolerance, and every rank computed only its share.
+
+        Batched style: every rank computed half (1/size) of every batch that divides, and every other
+        batch whole. Two-call style: every prediction saved each rank one call, and when the pipeline
+        made two calls per step, there were predictions.
+        """
         if any(e > self.tolerance for e in self.errors):
             return False
+        if self.style == "two_call":
+            saved = [len(self.single_batches) - len(b) for b in self.parallel_batches]
+            pairs = self.steps is not None and len(self.single_batches) == 2 * self.steps
+            return saved == self.predictions and (not pairs or all(p == self.steps - 1 for p in self.predictions))
         size = len(self.parallel_batches)
         for batches in self.parallel_batches:
             expected = [b // size if b % size == 0 else b for b in self.single_batches]
@@ -237,11 +265,19 @@ def _check_example_rank(rank: int, world_size: int, name: str, overrides: dict[s
     kwargs = {**run.kwargs, **overrides, "output_type": "pt"}
     with BatchCounter(_first_denoiser(run.pipe)) as single:
         expected = getattr(run.pipe(**kwargs, generator=torch.Generator().manual_seed(7)), run.output)
-    handle = xcfg.parallelize(run.pipe)
+    handle = xcfg.parallelize(run.pipe, true_cfg=float(kwargs.get("true_cfg_scale", 1.0)) > 1.0)
     with BatchCounter(_first_denoiser(run.pipe)) as parallel:
         actual = getattr(run.pipe(**kwargs, generator=torch.Generator().manual_seed(7)), run.output)
     handle.remove()
-    return {"error": relative_error(actual, expected), "single": single.batches, "parallel": parallel.batches}
+    first = handle.wrapped[0] if handle.wrapped else None
+    return {
+        "error": relative_error(actual, expected),
+        "single": single.batches,
+        "parallel": parallel.batches,
+        "style": first.spec.style.value if first else "batched",
+        "predictions": getattr(first._hook, "predictions", 0) if first else 0,
+        "steps": kwargs.get("num_inference_steps"),
+    }
 
 
 def _first_denoiser(pipe: Any) -> torch.nn.Module:
@@ -280,4 +316,7 @@ def check_example(name: str, *, world_size: int = 2, timeout: float = 300.0, **o
         errors=[r["error"] for r in results],
         single_batches=results[0]["single"],
         parallel_batches=[r["parallel"] for r in results],
+        style=results[0]["style"],
+        predictions=[r["predictions"] for r in results],
+        steps=results[0]["steps"],
     )

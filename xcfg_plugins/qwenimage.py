@@ -1,0 +1,120 @@
+"""Qwen-Image: text-to-image (``QwenImagePipeline``).
+
+The pipeline evaluates true CFG in two calls per step at batch B, when given a negative prompt and
+``true_cfg_scale > 1``: the transformer runs on the prompt inside ``cache_context("cond")``, then on the
+negative prompt inside ``cache_context("uncond")``, and the two predictions are combined with a norm
+rescale, ``comb = uncond + s * (cond - uncond)``, ``pred = comb * |cond| / |comb|`` (norms over the
+channel dimension). The rescale needs both whole predictions, which the exchange gives every rank.
+
+Between the two calls of a step ``encoder_hidden_states`` (prompt and negative prompt embeddings, which
+may differ in length) and ``encoder_hidden_states_mask`` differ (the pipeline drops an all-ones mask to
+``None``). ``hidden_states``, ``img_shapes``, ``guidance`` and ``attention_kwargs`` are the same objects;
+``timestep`` is ``timestep / 1000``, a fresh tensor per call with equal values, so the uncond call is
+predicted exactly from the second step on and the two calls of a step run on the two ranks at once.
+Without a negative prompt or with ``true_cfg_scale <= 1`` a step makes one call, which every rank computes.
+
+The two-call style needs no ``batch_inputs``: nothing is split, each rank computes one whole call.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import xcfg
+
+from . import _common
+
+# -- specs -------------------------------------------------------------------------------------------
+
+SPECS = (
+    xcfg.ModelSpec(
+        model="diffusers.models.transformers.transformer_qwenimage:QwenImageTransformer2DModel",
+        style="two_call",
+    ),
+)
+
+# -- examples ----------------------------------------------------------------------------------------
+
+CONFIGS: dict[str, dict[str, Any]] = {
+    "tiny": {
+        # in_channels = 4 * the VAE's z_dim: the latents are packed in 2x2 patches
+        "transformer": dict(
+            patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16, num_attention_heads=2,
+            joint_attention_dim=16, axes_dims_rope=(8, 4, 4),
+        ),
+        "vae": dict(
+            base_dim=8, z_dim=4, dim_mult=[1, 2, 4], num_res_blocks=1, temperal_downsample=[False, True],
+            latents_mean=[0.0] * 4, latents_std=[1.0] * 4,
+        ),
+        # Qwen/Qwen-Image: scheduler/scheduler_config.json (resolution-dependent exponential shift)
+        "scheduler": dict(
+            use_dynamic_shifting=True, time_shift_type="exponential", base_shift=0.5, max_shift=0.9,
+            base_image_seq_len=256, max_image_seq_len=8192, shift_terminal=0.02,
+        ),
+        "call": dict(height=32, width=32, num_inference_steps=4, true_cfg_scale=4.0, max_sequence_length=16),
+        # (prompt tokens, negative prompt tokens, width): a short negative prompt, as " " gives in practice
+        "text": (8, 5, 16),
+        "description": "Qwen-Image, tiny (2 layers), 32x32",
+    },
+}
+
+
+def build(*, size: str = "tiny", device: Any = None, dtype: Any = None, seed: int = 0) -> xcfg.ExampleRun:
+    """A Qwen-Image pipeline with random weights, random prompt embeddings and their masks, and true CFG."""
+    import torch
+    from diffusers import (
+        AutoencoderKLQwenImage,
+        FlowMatchEulerDiscreteScheduler,
+        QwenImagePipeline,
+        QwenImageTransformer2DModel,
+    )
+
+    device, dtype = _common.resolve(size, device, dtype)
+    config = CONFIGS[size]
+
+    def make() -> Any:
+        return QwenImagePipeline(
+            scheduler=FlowMatchEulerDiscreteScheduler(**config["scheduler"]),
+            vae=AutoencoderKLQwenImage(**config["vae"]),
+            text_encoder=None,
+            tokenizer=None,
+            transformer=QwenImageTransformer2DModel(**config["transformer"]),
+        )
+
+    pipe = _common.build_on(device, dtype, make, seed)
+    length, negative_length, width = config["text"]
+    kwargs = dict(config["call"])
+    kwargs.update(
+        _common.embeddings(
+            seed + 1, device, dtype, prompt_embeds=(1, length, width), negative_prompt_embeds=(1, negative_length, width)
+        )
+    )
+    mask = torch.ones(1, length, dtype=torch.long, device=device)
+    mask[:, length - 2 :] = 0  # padded prompt tokens, so the mask matters
+    negative_mask = torch.ones(1, negative_length, dtype=torch.long, device=device)
+    kwargs.update(prompt_embeds_mask=mask, negative_prompt_embeds_mask=negative_mask)
+    return xcfg.ExampleRun(pipe=pipe, kwargs=kwargs, description=config["description"], output="images")
+
+
+EXAMPLES = (
+    xcfg.Example(
+        name="qwenimage",
+        summary="Qwen-Image text-to-image, true CFG with a norm-rescaled combination (two-call CFG)",
+        build=build,
+        sizes=tuple(CONFIGS),
+    ),
+)
+
+# -- hooks -------------------------------------------------------------------------------------------
+
+
+@xcfg.hookimpl
+def register_models(register: Any) -> None:
+    for spec in SPECS:
+        register(spec)
+
+
+@xcfg.hookimpl
+def register_examples(register: Any) -> None:
+    for example in EXAMPLES:
+        register(example)

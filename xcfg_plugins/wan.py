@@ -1,0 +1,208 @@
+"""Wan 2.1 and 2.2: text-to-video, image-to-video and TI2V (``WanPipeline``, ``WanImageToVideoPipeline``).
+
+The pipelines evaluate CFG in two calls per step at batch B: the transformer runs on the prompt inside
+``cache_context("cond")``, then, when ``guidance_scale > 1``, on the negative prompt inside
+``cache_context("uncond")``; the prediction is ``uncond + scale * (cond - uncond)``. Between the two
+calls of a step only ``encoder_hidden_states`` differs (``prompt_embeds``, then
+``negative_prompt_embeds``). ``hidden_states``, ``timestep``, ``encoder_hidden_states_image`` and
+``attention_kwargs`` are the same objects in both calls, so from the second step on the uncond call
+is predicted exactly and the two calls of a step run on the two ranks at once. With
+``guidance_scale <= 1`` a step makes one call, which every rank computes.
+
+- Wan 2.2 A14B has two experts: ``transformer`` denoises the steps with ``t >= boundary_ratio * 1000``,
+  ``transformer_2`` (the low-noise expert) the rest, with ``guidance_scale_2``. Both are wrapped; each
+  learns its own prediction, so the first step of each expert runs both calls on every rank.
+- Image-to-video (Wan 2.1 I2V): ``hidden_states`` is the latents concatenated with the mask and the
+  encoded first frame, and the CLIP image embeddings ``encoder_hidden_states_image`` go to both calls
+  unchanged (there is no negative image).
+- TI2V (Wan 2.2 5B, ``expand_timesteps=True``): ``timestep`` is per token, shape (B, seq), 0 on the
+  tokens of the conditioning first frame; the same tensor goes to both calls.
+
+The two-call style needs no ``batch_inputs``: nothing is split, each rank computes one whole call.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import xcfg
+
+from . import _common
+
+# -- specs -------------------------------------------------------------------------------------------
+
+SPECS = (
+    xcfg.ModelSpec(
+        model="diffusers.models.transformers.transformer_wan:WanTransformer3DModel",
+        style="two_call",
+    ),
+)
+
+# -- examples ----------------------------------------------------------------------------------------
+
+CONFIGS: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "transformer": dict(
+            patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4,
+            text_dim=16, freq_dim=16, ffn_dim=32, num_layers=2, rope_max_seq_len=32,
+        ),
+        "vae": dict(
+            base_dim=4, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True],
+            latents_mean=[0.0] * 4, latents_std=[1.0] * 4,
+        ),
+        # the CLIP image encoder of image-to-video (Wan 2.1 I2V); its penultimate hidden states are the embeds
+        "image_encoder": dict(
+            hidden_size=8, intermediate_size=16, projection_dim=8, num_hidden_layers=2, num_attention_heads=2,
+            image_size=16, patch_size=8,
+        ),
+        "scheduler": dict(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0),
+        # 4 steps: t = 999, 900 (high-noise expert), 750, 500 (low-noise expert) with Wan 2.2's boundary 0.875
+        "call": dict(height=32, width=32, num_frames=9, num_inference_steps=4, guidance_scale=5.0, max_sequence_length=8),
+        "text": (8, 16),
+        "description": "tiny (2 layers), 9 frames 32x32",
+    },
+    # Wan-AI/Wan2.1-T2V-14B-Diffusers: transformer/config.json (14.3B parameters; the class defaults), vae/config.json
+    # (the class defaults) and scheduler/scheduler_config.json (UniPC, flow prediction, shift 3.0 for 480p); 81
+    # frames 480x832, UMT5 embeddings (512, 4096). Text-to-video only.
+    "full": {
+        "transformer": dict(
+            patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=16, out_channels=16,
+            text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40, cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
+        ),
+        "vae": dict(
+            base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True],
+        ),
+        "scheduler": dict(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0),
+        "call": dict(
+            height=480, width=832, num_frames=81, num_inference_steps=50, guidance_scale=5.0, max_sequence_length=512,
+        ),
+        "text": (512, 4096),
+        "description": "Wan2.1-T2V-14B, 81 frames 480x832",
+    },
+}
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "t2v": dict(title="Wan 2.1 T2V"),
+    # Wan 2.2 A14B: a high-noise and a low-noise expert, switched at t = 0.875 * 1000
+    "t2v-a14b": dict(title="Wan 2.2 T2V A14B", experts=2, boundary_ratio=0.875, call=dict(guidance_scale_2=3.0)),
+    # Wan 2.1 I2V: latents + mask + first frame in the channels, CLIP image embeddings in cross-attention
+    "i2v": dict(title="Wan 2.1 I2V", image=True, image_encoder=True),
+    # Wan 2.2 TI2V 5B in image-to-video mode: per-token timesteps, the first frame's tokens at t = 0
+    "ti2v": dict(title="Wan 2.2 TI2V", image=True, expand_timesteps=True),
+}
+
+
+def build(
+    *, size: str = "tiny", device: Any = None, dtype: Any = None, seed: int = 0, variant: str = "t2v"
+) -> xcfg.ExampleRun:
+    """A Wan pipeline with random weights, random prompt embeddings and, for image-to-video, a random image.
+
+    ``variant`` picks the model: ``"t2v"`` (Wan 2.1, one transformer), ``"t2v-a14b"`` (Wan 2.2, two experts
+    and ``boundary_ratio``), ``"i2v"`` (Wan 2.1 image-to-video with a CLIP image encoder) or ``"ti2v"``
+    (Wan 2.2 5B image-to-video, ``expand_timesteps=True``). ``"full"`` exists for ``"t2v"`` only.
+    """
+    import numpy as np
+    import PIL.Image
+    from diffusers import (
+        AutoencoderKLWan,
+        UniPCMultistepScheduler,
+        WanImageToVideoPipeline,
+        WanPipeline,
+        WanTransformer3DModel,
+    )
+
+    device, dtype = _common.resolve(size, device, dtype)
+    if size not in CONFIGS or (size != "tiny" and variant != "t2v"):
+        raise ValueError(f"the Wan example {variant!r} has no size {size!r}")
+    config, spec = CONFIGS[size], VARIANTS[variant]
+    z_dim, temporal = config["vae"]["z_dim"], 4
+    transformer_config = dict(config["transformer"])
+    if spec.get("image_encoder"):
+        # latents, the frame mask (one channel per frame of a temporal group) and the encoded first frame
+        heads, head_dim = transformer_config["num_attention_heads"], transformer_config["attention_head_dim"]
+        transformer_config.update(
+            in_channels=2 * z_dim + temporal, image_dim=config["image_encoder"]["hidden_size"],
+            added_kv_proj_dim=heads * head_dim,
+        )
+
+    def make() -> Any:
+        from transformers import CLIPVisionConfig, CLIPVisionModel
+
+        try:  # transformers >= 5 names the processor that needs no torchvision
+            from transformers import CLIPImageProcessorPil as CLIPImageProcessor
+        except ImportError:
+            from transformers import CLIPImageProcessor
+
+        parts: dict[str, Any] = dict(
+            tokenizer=None,
+            text_encoder=None,
+            vae=AutoencoderKLWan(**config["vae"]),
+            scheduler=UniPCMultistepScheduler(**config["scheduler"]),
+            transformer=WanTransformer3DModel(**transformer_config),
+        )
+        if spec.get("experts") == 2:
+            parts["transformer_2"] = WanTransformer3DModel(**transformer_config)
+            parts["boundary_ratio"] = spec["boundary_ratio"]
+        if not spec.get("image"):
+            return WanPipeline(**parts)
+        if spec.get("image_encoder"):
+            image = config["image_encoder"]["image_size"]
+            parts["image_encoder"] = CLIPVisionModel(CLIPVisionConfig(**config["image_encoder"]))
+            parts["image_processor"] = CLIPImageProcessor(
+                size={"shortest_edge": image}, crop_size={"height": image, "width": image}
+            )
+        return WanImageToVideoPipeline(**parts, expand_timesteps=spec.get("expand_timesteps", False))
+
+    pipe = _common.build_on(device, dtype, make, seed)
+    length, width = config["text"]
+    kwargs = {**config["call"], **spec.get("call", {})}
+    kwargs.update(
+        _common.embeddings(
+            seed + 1, device, dtype, prompt_embeds=(1, length, width), negative_prompt_embeds=(1, length, width)
+        )
+    )
+    if spec.get("image"):
+        # the same image on every rank
+        shape = (kwargs["height"], kwargs["width"], 3)
+        pixels = np.random.default_rng(seed + 2).integers(0, 256, shape, dtype=np.uint8)
+        kwargs["image"] = PIL.Image.fromarray(pixels)
+    description = f"{spec['title']}, {config['description']}" if size == "tiny" else config["description"]
+    return xcfg.ExampleRun(pipe=pipe, kwargs=kwargs, description=description, output="frames")
+
+
+EXAMPLES = (
+    xcfg.Example(
+        name="wan", summary="Wan 2.1 text-to-video (two-call CFG)", build=build, sizes=tuple(CONFIGS),
+    ),
+    xcfg.Example(
+        name="wan2.2",
+        summary="Wan 2.2 A14B text-to-video: two experts switched at boundary_ratio (two-call CFG)",
+        build=functools.partial(build, variant="t2v-a14b"),
+    ),
+    xcfg.Example(
+        name="wan-i2v",
+        summary="Wan 2.1 image-to-video: CLIP image embeds (two-call CFG)",
+        build=functools.partial(build, variant="i2v"),
+    ),
+    xcfg.Example(
+        name="wan-ti2v",
+        summary="Wan 2.2 TI2V 5B image-to-video: per-token timesteps (two-call CFG)",
+        build=functools.partial(build, variant="ti2v"),
+    ),
+)
+
+# -- hooks -------------------------------------------------------------------------------------------
+
+
+@xcfg.hookimpl
+def register_models(register: Any) -> None:
+    for spec in SPECS:
+        register(spec)
+
+
+@xcfg.hookimpl
+def register_examples(register: Any) -> None:
+    for example in EXAMPLES:
+        register(example)
