@@ -243,3 +243,26 @@ def test_two_call_style_runs_cond_and_uncond_on_two_ranks():
         assert error < 1e-6 and calls == reference_calls == 6, "one call per step: every rank computes it"
         error, calls = result["misses"]
         assert error < 1e-6 and calls == 2 + 3 * 2, "a missed prediction is recomputed on every rank"
+
+
+def _incomplete_spec_rank(rank: int, world: int) -> str:
+    registry = xcfg.Registry(autoload=False)
+
+    class Incomplete:  # encoder_hidden_states carries the batch but is not declared
+        @xcfg.hookimpl
+        def register_models(self, register):
+            register(xcfg.ModelSpec(model=ToyDenoiser, batch_inputs=["hidden_states", "timestep"]))
+
+    registry.register(Incomplete(), name="incomplete")
+    model = toy_model()
+    xcfg.parallelize(model, registry=registry)
+    try:
+        model(**toy_inputs(2), return_dict=False)
+    except xcfg.ShapeError as err:
+        return str(err)
+    return "no error"
+
+
+def test_a_spec_missing_a_batch_argument_raises_instead_of_a_wrong_result():
+    for message in run_ranks(_incomplete_spec_rank, timeout=120):
+        assert "missing from the spec" in message, message

@@ -24,7 +24,7 @@ __all__ = ["DENOISER_ATTRIBUTES", "Parallelized", "parallelize"]
 DENOISER_ATTRIBUTES = ("transformer", "transformer_2", "unet")
 """Pipeline attributes that hold denoisers (``transformer_2`` is Wan 2.2's low-noise expert)."""
 
-PLUGIN_GUIDE = "https://xcfg.readthedocs.io/en/latest/plugins.html (docs/plugins.md in the repository)"
+PLUGIN_GUIDE = "'Writing a model plugin' in the xcfg documentation (docs/plugins.md in the xcfg repository)"
 
 
 class Parallelized:

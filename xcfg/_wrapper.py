@@ -135,16 +135,36 @@ def _narrow(tensor: torch.Tensor, *, dim: int, batch: int, start: int, length: i
 
 
 def _gather_output(output: Any, share: int, group: CFGGroup) -> Any:
-    """All-gather every output tensor whose leading dimension is this rank's share; keep the type."""
-    if isinstance(output, torch.Tensor):
-        return group.all_gather(output) if output.dim() > 0 and output.shape[0] == share else output
-    if isinstance(output, tuple) and hasattr(output, "_fields"):
-        return type(output)(*(_gather_output(v, share, group) for v in output))
-    if isinstance(output, (tuple, list)):
-        return type(output)(_gather_output(v, share, group) for v in output)
-    if isinstance(output, dict):
-        return type(output)(**{k: _gather_output(v, share, group) for k, v in output.items()})
-    return output
+    """All-gather every output tensor whose leading dimension is this rank's share; keep the type.
+
+    Raises:
+        ShapeError: no output tensor has this rank's share as its batch, so the model did not compute
+            on the split batch alone: an argument carrying the batch is missing from the spec.
+    """
+    gathered: list[int] = []
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            if value.dim() > 0 and value.shape[0] == share:
+                gathered.append(1)
+                return group.all_gather(value)
+            return value
+        if isinstance(value, tuple) and hasattr(value, "_fields"):
+            return type(value)(*(walk(v) for v in value))
+        if isinstance(value, (tuple, list)):
+            return type(value)(walk(v) for v in value)
+        if isinstance(value, dict):
+            return type(value)(**{k: walk(v) for k, v in value.items()})
+        return value
+
+    result = walk(output)
+    if not gathered and _output_size(output):
+        raise ShapeError(
+            f"xcfg: the model returned no output of this rank's batch share ({share}) after its batch was split: a "
+            "forward argument that carries the batch is probably missing from the spec's batch_inputs (it reached the "
+            "model whole and broadcast the batch back). Declare it, or check the spec with xcfg.testing.check_example."
+        )
+    return result
 
 
 def _runs_whole(module: torch.nn.Module) -> str | None:

@@ -258,9 +258,15 @@ class ExampleReport:
         return True
 
 
-def _check_example_rank(rank: int, world_size: int, name: str, overrides: dict[str, Any]) -> dict[str, Any]:
+def _check_example_rank(
+    rank: int, world_size: int, name: str, overrides: dict[str, Any], plugins: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    import importlib
+
     import xcfg
 
+    for module in plugins:  # plugins the caller registered at run time, registered again in this process
+        xcfg.register_plugin(importlib.import_module(module), name=module)
     run = xcfg.build_example(name, size="tiny")
     kwargs = {**run.kwargs, **overrides, "output_type": "pt"}
     with BatchCounter(_first_denoiser(run.pipe)) as single:
@@ -290,7 +296,9 @@ def _first_denoiser(pipe: Any) -> torch.nn.Module:
     raise ValueError(f"{type(pipe).__name__} has no denoiser")
 
 
-def check_example(name: str, *, world_size: int = 2, timeout: float = 300.0, **overrides: Any) -> ExampleReport:
+def check_example(
+    name: str, *, world_size: int = 2, timeout: float = 300.0, plugins: tuple[str, ...] | list[str] = (), **overrides: Any
+) -> ExampleReport:
     """Run a registered example on ``world_size`` gloo CPU ranks and compare with one process.
 
     Each rank first runs the plain pipeline (the 1-process reference), then the parallelized one,
@@ -300,6 +308,9 @@ def check_example(name: str, *, world_size: int = 2, timeout: float = 300.0, **o
         name: the example's name.
         world_size: ranks to run on.
         timeout: seconds before the check fails as a hang.
+        plugins: importable names of plugin modules to register in every rank first, for a plugin that
+            is not installed through an entry point (the ranks are fresh processes: a plugin registered
+            at run time in the calling process is not there).
         **overrides: pipeline-call arguments to change (``guidance_scale=1.0``, ``num_inference_steps=2``).
 
     Returns:
@@ -310,7 +321,7 @@ def check_example(name: str, *, world_size: int = 2, timeout: float = 300.0, **o
         >>> check_example("cogvideox").ok     # doctest: +SKIP
         True
     """
-    results = run_ranks(_check_example_rank, name, overrides, world_size=world_size, timeout=timeout)
+    results = run_ranks(_check_example_rank, name, overrides, tuple(plugins), world_size=world_size, timeout=timeout)
     return ExampleReport(
         name=name,
         errors=[r["error"] for r in results],
