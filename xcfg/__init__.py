@@ -36,6 +36,7 @@ from ._hookspecs import hookimpl
 from ._parallelize import Parallelized, parallelize
 from ._registry import Registry, default_registry
 from ._spec import BatchInput, CFGStyle, Example, ExampleRun, ModelSpec
+from ._vae import PMap, VAESpec, install_vae_split
 from ._wrapper import Wrapped, wrap_denoiser
 
 __version__ = "0.1.0"
@@ -49,6 +50,7 @@ __all__ = [
     "ExampleRun",
     "ModelSpec",
     "NoCFGError",
+    "PMap",
     "Parallelized",
     "RankError",
     "RankFailedError",
@@ -60,6 +62,7 @@ __all__ = [
     "ShapeError",
     "SpecError",
     "UnsupportedModelError",
+    "VAESpec",
     "Wrapped",
     "XcfgError",
     "__version__",
@@ -67,6 +70,7 @@ __all__ = [
     "default_registry",
     "hookimpl",
     "init_distributed",
+    "install_vae_split",
     "parallelize",
     "register_plugin",
     "unregister_plugin",

@@ -15,6 +15,7 @@ import pluggy
 from . import _hookspecs
 from ._errors import SpecError
 from ._spec import Example, ModelSpec
+from ._vae import VAESpec
 
 __all__ = ["ENTRY_POINT_GROUP", "Registered", "Registry", "default_registry"]
 
@@ -25,7 +26,7 @@ _ALLOW_ENV = "XCFG_PLUGINS"
 
 @dataclass(frozen=True)
 class _Collected:
-    specs: tuple[ModelSpec, ...]
+    specs: tuple[ModelSpec | VAESpec, ...]
     examples: tuple[Example, ...]
 
 
@@ -34,7 +35,7 @@ class Registered:
     """A spec together with the name of the plugin that registered it."""
 
     plugin: str
-    spec: ModelSpec
+    spec: ModelSpec | VAESpec
 
 
 class Registry:
@@ -141,11 +142,17 @@ class Registry:
 
     # -- specs ---------------------------------------------------------------------------------------
 
-    def specs(self) -> list[Registered]:
-        """Every registered spec, the most recently registered plugin first."""
+    def specs(self, kind: type = ModelSpec) -> list[Registered]:
+        """Every registered spec of ``kind`` (:class:`xcfg.ModelSpec` or :class:`xcfg.VAESpec`), the most
+        recently registered plugin first."""
         self._ensure_loaded()
         with self._lock:
-            return [Registered(name, spec) for name in self._newest_first() for spec in self._collected[name].specs]
+            return [
+                Registered(name, spec)
+                for name in self._newest_first()
+                for spec in self._collected[name].specs
+                if isinstance(spec, kind)
+            ]
 
     def examples(self) -> list[Example]:
         """Every registered example, the most recently registered plugin first; a name appears once."""
@@ -173,11 +180,12 @@ class Registry:
     def _newest_first(self) -> list[str]:
         return [n for n, _ in reversed(self._pm.list_name_plugin()) if n in self._collected]
 
-    def lookup(self, cls: type) -> Registered | None:
+    def lookup(self, cls: type, kind: type = ModelSpec) -> Registered | None:
         """Find the spec for a class or its nearest base class that has one.
 
         Args:
-            cls: the model class (``type(pipe.transformer)``).
+            cls: the model class (``type(pipe.transformer)``, or ``type(pipe.vae)`` with ``kind=VAESpec``).
+            kind: the spec type to look for: :class:`xcfg.ModelSpec` or :class:`xcfg.VAESpec`.
 
         Returns:
             The spec and its plugin, or ``None`` when no plugin knows the class.
@@ -190,7 +198,7 @@ class Registry:
             >>> xcfg.default_registry().lookup(MyCogVideoX).spec.name
             'CogVideoXTransformer3DModel'
         """
-        entries = self.specs()
+        entries = self.specs(kind)
         for base in cls.__mro__:
             for entry in _candidates(entries, base):
                 if entry.spec.resolve() is base:
@@ -207,12 +215,12 @@ class Registry:
         specs: list[ModelSpec] = []
         examples: list[Example] = []
 
-        def adder(kind: type, into: list[Any]) -> Callable[[Any], None]:
+        def adder(kinds: tuple[type, ...], into: list[Any]) -> Callable[[Any], None]:
             def register(item: Any) -> None:
                 if isinstance(item, dict):
-                    item = kind(**item)
-                if not isinstance(item, kind):
-                    raise SpecError(f"registered {item!r}; pass an xcfg.{kind.__name__}")
+                    item = kinds[0](**item)
+                if not isinstance(item, kinds):
+                    raise SpecError(f"registered {item!r}; pass an {' or '.join(f'xcfg.{k.__name__}' for k in kinds)}")
                 if isinstance(item, ModelSpec) and not isinstance(item.model, str):
                     check_inputs(item, item.model)
                 into.append(item)
@@ -221,8 +229,8 @@ class Registry:
 
         plugin = self._pm.get_plugin(name)
         hooks = {
-            "register_models": adder(ModelSpec, specs),
-            "register_examples": adder(Example, examples),
+            "register_models": adder((ModelSpec, VAESpec), specs),
+            "register_examples": adder((Example,), examples),
         }
         for hook_name, register in hooks.items():
             for impl in getattr(self._pm.hook, hook_name).get_hookimpls():

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 import xcfg
 
 from . import _common
@@ -51,15 +53,57 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "text": (6, 16, 8),
         "description": "SD3, tiny (2 layers), 32x32",
     },
+    # stabilityai/stable-diffusion-3-medium-diffusers: transformer/config.json (2.03B parameters), vae/config.json
+    # (84M) and scheduler/scheduler_config.json (FlowMatchEulerDiscreteScheduler, shift 3.0); 1024x1024. Prompt
+    # embeddings (333, 4096): 77 CLIP tokens + 256 T5 tokens; pooled (2048): CLIP-L 768 + CLIP-G 1280.
+    "full": {
+        "transformer": dict(
+            sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64, num_attention_heads=24,
+            joint_attention_dim=4096, caption_projection_dim=1536, pooled_projection_dim=2048, out_channels=16,
+            pos_embed_max_size=192,
+        ),
+        "vae": dict(
+            in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512), latent_channels=16,
+            layers_per_block=2, act_fn="silu", norm_num_groups=32, sample_size=1024, force_upcast=True,
+            shift_factor=0.0609, scaling_factor=1.5305, use_quant_conv=False, use_post_quant_conv=False,
+        ),
+        "call": dict(height=1024, width=1024, num_inference_steps=28, guidance_scale=7.0),
+        "text": (333, 4096, 2048),
+        "description": "SD3-medium, 1024x1024",
+    },
+}
+
+# stabilityai/stable-diffusion-3.5-large: transformer/config.json (8.06B parameters: 38 layers of 38 heads, RMS
+# q/k norm), the same VAE, scheduler and text-embedding shapes as SD3-medium; 1024x1024, 28 steps at guidance 3.5.
+CONFIGS_SD35_LARGE: dict[str, dict[str, Any]] = {
+    "tiny": {
+        **CONFIGS["tiny"],
+        "transformer": {**CONFIGS["tiny"]["transformer"], "qk_norm": "rms_norm"},
+        "description": "SD3.5-large, tiny (2 layers, RMS q/k norm), 32x32",
+    },
+    "full": {
+        **CONFIGS["full"],
+        "transformer": dict(
+            sample_size=128, patch_size=2, in_channels=16, num_layers=38, attention_head_dim=64, num_attention_heads=38,
+            joint_attention_dim=4096, caption_projection_dim=2432, pooled_projection_dim=2048, out_channels=16,
+            pos_embed_max_size=192, qk_norm="rms_norm",
+        ),
+        "call": dict(height=1024, width=1024, num_inference_steps=28, guidance_scale=3.5),
+        "description": "SD3.5-large, 1024x1024",
+    },
 }
 
 
-def build(*, size: str = "tiny", device: Any = None, dtype: Any = None, seed: int = 0) -> xcfg.ExampleRun:
-    """A Stable Diffusion 3 pipeline with random weights and random prompt embeddings."""
+def build(
+    *, size: str = "tiny", device: Any = None, dtype: Any = None, seed: int = 0, configs: dict[str, Any] | None = None
+) -> xcfg.ExampleRun:
+    """A Stable Diffusion 3 pipeline with random weights and random prompt embeddings (``configs``: the
+    variant's configs by size, :data:`CONFIGS` for SD3-medium)."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 
     device, dtype = _common.resolve(size, device, dtype)
-    config = CONFIGS[size]
+    config = (CONFIGS if configs is None else configs)[size]
 
     def make() -> Any:
         return StableDiffusion3Pipeline(
@@ -82,8 +126,73 @@ def build(*, size: str = "tiny", device: Any = None, dtype: Any = None, seed: in
     return xcfg.ExampleRun(pipe=pipe, kwargs=kwargs, description=config["description"], output="images")
 
 
+def build_sd35_large(*, size: str = "tiny", device: Any = None, dtype: Any = None, seed: int = 0) -> xcfg.ExampleRun:
+    """A Stable Diffusion 3.5 Large pipeline with random weights and random prompt embeddings."""
+    return build(size=size, device=device, dtype=dtype, seed=seed, configs=CONFIGS_SD35_LARGE)
+
+
 EXAMPLES = (
     xcfg.Example(name="sd3", summary="Stable Diffusion 3 text-to-image (batched CFG)", build=build, sizes=tuple(CONFIGS)),
+    xcfg.Example(
+        name="sd3.5-large",
+        summary="Stable Diffusion 3.5 Large text-to-image (batched CFG)",
+        build=build_sd35_large,
+        sizes=tuple(CONFIGS_SD35_LARGE),
+    ),
+)
+
+# -- vae ---------------------------------------------------------------------------------------------
+
+
+def tiled_decode(vae: Any, z: torch.Tensor, pmap: xcfg.PMap) -> torch.Tensor | None:
+    """``AutoencoderKL.tiled_decode(z).sample`` with the tiles decoded across the CFG ranks.
+
+    ``AutoencoderKL`` is the VAE of SD3 and of many other pipelines (Stable Diffusion 1-2, SDXL,
+    PixArt, Flux), which all get the split. The latent (B, C, H, W) is cut into overlapping square tiles of
+    ``tile_latent_min_size``, ``1 - tile_overlap_factor`` of a tile apart, each decoded on its own (after
+    ``post_quant_conv`` where the config has one). ``pmap`` spreads the tiles by area; every rank that
+    receives them blends each tile with the one above and the one to its left and keeps its top-left part.
+    """
+    height, width = z.shape[-2:]
+    size = vae.tile_latent_min_size
+    step = int(size * (1 - vae.tile_overlap_factor))
+    extent = int(vae.tile_sample_min_size * vae.tile_overlap_factor)
+    blend = (extent, extent)
+    keep = (vae.tile_sample_min_size - extent, vae.tile_sample_min_size - extent)
+    tops, lefts = range(0, height, step), range(0, width, step)
+    columns = len(lefts)
+    tiles = [z[..., i : i + size, j : j + size] for i in tops for j in lefts]
+
+    def decode(latent: torch.Tensor) -> torch.Tensor:
+        if vae.config.use_post_quant_conv:
+            latent = vae.post_quant_conv(latent)
+        return vae.decoder(latent)
+
+    decoded = pmap(decode, tiles, cost=[t.shape[-2] * t.shape[-1] for t in tiles])
+    if decoded is None:
+        return None
+    return _stitch(vae, decoded, columns, blend, keep)
+
+
+def _stitch(
+    vae: Any, tiles: list[torch.Tensor], columns: int, blend: tuple[int, int], keep: tuple[int, int]
+) -> torch.Tensor:
+    """Blend row-major tiles with their upper and left neighbours (already blended), crop, concatenate."""
+    grid = [tiles[start : start + columns] for start in range(0, len(tiles), columns)]
+    for r, row in enumerate(grid):
+        for c in range(len(row)):
+            if r:
+                row[c] = vae.blend_v(grid[r - 1][c], row[c], blend[0])
+            if c:
+                row[c] = vae.blend_h(row[c - 1], row[c], blend[1])
+    return torch.cat([torch.cat([t[..., : keep[0], : keep[1]] for t in row], dim=-1) for row in grid], dim=-2)
+
+
+VAE_SPECS = (
+    xcfg.VAESpec(
+        model="diffusers.models.autoencoders.autoencoder_kl:AutoencoderKL",
+        tiled_decode=tiled_decode,
+    ),
 )
 
 # -- hooks -------------------------------------------------------------------------------------------
@@ -91,7 +200,7 @@ EXAMPLES = (
 
 @xcfg.hookimpl
 def register_models(register: Any) -> None:
-    for spec in SPECS:
+    for spec in (*SPECS, *VAE_SPECS):
         register(spec)
 
 
