@@ -34,7 +34,7 @@ from ._errors import (
 from ._group import CFGGroup, init_distributed
 from ._hookspecs import hookimpl
 from ._parallelize import Parallelized, parallelize
-from ._registry import Registry, default_registry
+from ._registry import Registered, Registry, default_registry
 from ._spec import BatchInput, CFGStyle, Example, ExampleRun, ModelSpec
 from ._vae import PMap, VAESpec, install_vae_split
 from ._wrapper import Wrapped, wrap_denoiser
@@ -57,6 +57,7 @@ __all__ = [
     "RankMismatchError",
     "RankTimeoutError",
     "RefusedError",
+    "Registered",
     "Registry",
     "SetupError",
     "ShapeError",

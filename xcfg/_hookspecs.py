@@ -24,9 +24,10 @@ Example:
 
 @hookspec
 def register_models(register: Callable[[ModelSpec], None]) -> None:
-    """Declare the denoiser classes this plugin supports.
+    """Declare the denoiser classes (and VAEs) this plugin supports.
 
-    Call ``register(spec)`` once per :class:`xcfg.ModelSpec`. Every plugin's implementation is called;
+    Call ``register(spec)`` once per :class:`xcfg.ModelSpec`, and once per :class:`xcfg.VAESpec` for a
+    VAE whose tiled decode xcfg may split across the ranks. Every plugin's implementation is called;
     return values are ignored. When two plugins register the same class, the plugin registered last
     wins, so a plugin registered at run time overrides a built-in one.
 

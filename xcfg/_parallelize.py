@@ -61,7 +61,7 @@ class Parallelized:
         return bool(self.wrapped) and not self._removed
 
     def remove(self) -> None:
-        """Restore the pipeline: the original forwards and class. Idempotent; no collective."""
+        """Restore the pipeline: the original forwards, the VAE's decode and the class. Idempotent; no collective."""
         if self._removed:
             return
         self._removed = True

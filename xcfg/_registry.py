@@ -32,7 +32,18 @@ class _Collected:
 
 @dataclass(frozen=True)
 class Registered:
-    """A spec together with the name of the plugin that registered it."""
+    """A spec together with the name of the plugin that registered it.
+
+    Attributes:
+        plugin: the plugin's name (its entry-point name, or the name given to ``register_plugin``).
+        spec: the :class:`xcfg.ModelSpec` or :class:`xcfg.VAESpec` it registered.
+
+    Example:
+        >>> import xcfg
+        >>> entry = xcfg.default_registry().specs()[0]
+        >>> isinstance(entry, xcfg.Registered) and isinstance(entry.spec, xcfg.ModelSpec)
+        True
+    """
 
     plugin: str
     spec: ModelSpec | VAESpec

@@ -74,7 +74,7 @@ class BatchInput(_Frozen):
 
     @property
     def label(self) -> str:
-        """How error messages name this input: ``name`` or ``name['key']``."""
+        """How error messages name this input, ``name`` or ``name['key']``."""
         return self.name if self.key is None else f"{self.name}[{self.key!r}]"
 
 
@@ -250,6 +250,12 @@ class ExampleRun:
         kwargs: keyword arguments for ``pipe(**kwargs)`` (prompt embeddings, size, steps, guidance).
         description: what was built, for reports (for example ``"CogVideoX-5B, 49x480x720"``).
         output: the attribute of the pipeline's output that holds the result (``"frames"``, ``"images"``).
+
+    Example:
+        >>> import xcfg
+        >>> run = xcfg.ExampleRun(pipe=None, kwargs={"num_inference_steps": 4}, description="a tiny model")
+        >>> run.output    # the result is getattr(run.pipe(**run.kwargs), run.output)
+        'images'
     """
 
     pipe: Any
