@@ -262,7 +262,7 @@ def _fmt(x: Any) -> str:
 
 def _default_steps(name: str) -> int:
     """Steps of the timed call: 10 for the video models (9 measured intervals), 30 for image models."""
-    return {"cogvideox": 10, "mochi": 10}.get(name, 30)
+    return {"cogvideox": 10, "mochi": 10, "wan": 10}.get(name, 30)
 
 
 def _count(module: Any) -> int:
