@@ -207,8 +207,8 @@ def notes(results: dict[str, Any]) -> str:
     ] if cpu else []
     lines += [
         "- **s/step**: median of the intervals between consecutive step ends of one pipeline call (the first "
-        "step, which also holds the call's set-up, is left out), after a warm-up call; `torch.cuda.synchronize()` "
-        "in `callback_on_step_end` before each timestamp. 1 GPU: every GPU runs the whole pipeline by itself, "
+        "step, which also holds the call's set-up, is left out), after a warm-up call; a CUDA event recorded "
+        "in `callback_on_step_end` (no synchronize per step, so the CPU queues ahead as in a user's run). 1 GPU: every GPU runs the whole pipeline by itself, "
         "all at the same time (rank 0 reported); the overhead compares `xcfg.parallelize(pipe, group=xcfg.CFGGroup.single())`, what a "
         "world of one gets, with the plain pipeline. The seed wrapper is `benchmarks/_seed_wrapper.py`.",
         "- **end to end**: one pipeline call of *steps* steps, from the call to the decoded output "

@@ -227,7 +227,9 @@ class _Bench:
         if "xcfg_1gpu" in wanted:
             with xcfg.parallelize(pipe, group=xcfg.CFGGroup.single()):
                 phase("xcfg_1gpu", 1, warm_decode=False, decode=False, warm=0)
-        if self.world >= 2 and "seed_2gpu" in wanted:
+        from _seed_wrapper import BATCH_ARGUMENTS
+
+        if self.world >= 2 and "seed_2gpu" in wanted and type(pipe.transformer).__name__ in BATCH_ARGUMENTS:
             from _seed_wrapper import install
 
             remove = install(pipe.transformer)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import pickle
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -192,10 +192,23 @@ class CFGGroup:
             RankTimeoutError: a peer did not arrive within ``timeout``.
             RankFailedError: a peer's process went away.
         """
+        return self.post(header, where)()
+
+    def post(self, header: Sequence[int], where: str) -> Callable[[], list[list[int]]]:
+        """Start the all-gather of :meth:`exchange` and return a function that waits for its result.
+
+        The gloo work proceeds in the background, so a rank can post its header before computing and
+        collect the peers' headers afterwards, without a rendezvous in between.
+        """
         mine = torch.tensor(list(header), dtype=torch.int64)
         out = torch.empty(self.size * mine.numel(), dtype=torch.int64)
-        self._control_call(lambda: _all_gather_single(out, mine, group=self.control), where)
-        return out.view(self.size, -1).tolist()
+        work = self._control_call(lambda: _all_gather_single(out, mine, group=self.control, async_op=True), where)
+
+        def wait() -> list[list[int]]:
+            self._control_call(work.wait, where)
+            return out.view(self.size, -1).tolist()
+
+        return wait
 
     def gather_objects(self, obj: Any, where: str) -> list[Any]:
         """All-gather a picklable object over the control plane (only after headers agreed)."""
@@ -209,10 +222,10 @@ class CFGGroup:
         rows = out.view(self.size, longest)
         return [pickle.loads(rows[r, : sizes[r][0]].numpy().tobytes()) for r in range(self.size)]
 
-    def _control_call(self, fn: Any, where: str) -> None:
+    def _control_call(self, fn: Any, where: str) -> Any:
         """Run a collective; turn a timeout or a lost peer into the matching :class:`xcfg.RankError`."""
         try:
-            fn()
+            return fn()
         except RuntimeError as err:
             text = str(err)
             if "timed out" in text.lower() or "timeout" in text.lower():

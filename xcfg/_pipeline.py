@@ -7,9 +7,9 @@
   and CUDA generators and every ``generator`` passed to the call) to every rank, so all ranks draw the
   same starting noise and the same sampler noise;
 - at the end, the ranks agree that every rank finished; an exception on any rank makes every rank raise;
-- ``pipe.interrupt``, which pipelines read at the top of every step, returns the value the ranks
-  agree on at that read: true on every rank when any rank set it, so an interrupt requested on one
-  rank (a UI thread, a callback) stops all of them at the same step.
+- an interrupt (``pipe._interrupt``, which pipelines read at the top of every step) must be requested
+  on every rank alike, as a step-end callback does; one requested on one rank only makes every rank
+  raise :class:`xcfg.RankMismatchError` at the next denoiser call instead of hanging.
 
 Removing the handle restores the original class.
 """
@@ -75,17 +75,6 @@ def _subclass(base: type) -> type:
         "__doc__": base.__doc__,
         "_xcfg_base": base,
     }
-    original_interrupt = inspect.getattr_static(base, "interrupt", None)
-    if isinstance(original_interrupt, property):
-
-        def interrupt(self: Any) -> bool:
-            requested = bool(original_interrupt.fget(self))
-            session: Session | None = self.__dict__.get(_SESSION_ATTR)
-            if session is None or not session.depth or session.aborted:
-                return requested
-            return session.agree_interrupt(requested)
-
-        namespace["interrupt"] = property(interrupt, doc=original_interrupt.__doc__)
     sub = type(base.__name__, (base,), namespace)
     _subclasses[base] = sub
     return sub

@@ -5,13 +5,22 @@ where each rank is (the start of a pipeline run, a denoiser call, the end of a r
 failed. Because every rank always enters the same collective next, a rank that failed, left the loop
 early or took another branch is seen by all ranks at the same point, and all of them raise. Payloads
 (error messages, RNG states, input fingerprints) follow only after the headers agreed on them.
+
+A denoiser call costs no rendezvous in the steady state: its header is posted before the forward and
+collected after it (:meth:`Session.post_call`, :meth:`Session.finish_call`), so the ranks only need
+to be within one forward of each other. Before the data collective of a call the ranks know that all
+of them are at the same call with the same batch. The first call of each shape also waits for every
+rank's forward to finish; after that, a rank whose forward fails still joins the call's data
+collective (with zeros of the shape that call proved) and then reports the failure, which the others
+meet at their next exchange, one call later and before their next data collective
+(:meth:`Session.fail_call`). Either way every rank raises, and none is left inside a collective.
 """
 
 from __future__ import annotations
 
 import enum
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +31,6 @@ from ._group import CFGGroup
 
 __all__ = ["Session"]
 
-_HEADER = 6
 
 
 class Tag(enum.IntEnum):
@@ -32,14 +40,13 @@ class Tag(enum.IntEnum):
     CHECK = 4
     RUN_END = 5
     WORK = 6
-    INTERRUPT = 7
+    CALL_DONE = 7
 
 
 class Flag(enum.IntFlag):
     NONE = 0
     FAILED = 1
-    INTERRUPT = 2
-    SPLIT = 4
+    SPLIT = 2
 
 
 @dataclass
@@ -58,6 +65,9 @@ class _Position:
     def key(self, with_value: bool = True) -> tuple[int, ...]:
         return (self.tag, self.run, self.call, self.aux, self.value if with_value else 0)
 
+    def row(self) -> list[int]:
+        return [self.tag, self.run, self.call, self.value, self.flags, self.aux]
+
     def describe(self) -> str:
         if self.tag is Tag.SETUP:
             return "in parallelize()"
@@ -65,12 +75,12 @@ class _Position:
             return f"starting pipeline call {self.run}"
         if self.tag is Tag.RUN_END:
             return f"ending pipeline call {self.run} after {self.call} denoiser calls"
-        if self.tag is Tag.INTERRUPT:
-            return f"checking for an interrupt after denoiser call {self.call} of pipeline call {self.run}"
+        if self.tag is Tag.CALL_DONE:
+            return f"finishing denoiser call {self.call} of pipeline call {self.run}"
         if self.tag is Tag.WORK:
             return f"in split work {self.value} after denoiser call {self.call} of pipeline call {self.run}"
         split = ", split" if self.flags & Flag.SPLIT else ""
-        return f"at denoiser call {self.call} of pipeline call {self.run} (batch {self.value}{split})"
+        return f"at denoiser call {self.call} of pipeline call {self.run} (size {self.value}{split})"
 
 
 class Session:
@@ -113,21 +123,57 @@ class Session:
         flags = Flag.FAILED if error is not None else Flag.NONE
         self._round(Tag.RUN_END, value=0, flags=flags, error=error)
 
-    def after_call(self, batch: int, split: bool, error: BaseException | None) -> None:
-        """Agree that every rank finished the same denoiser call; raise everywhere if one failed."""
-        flags = (Flag.SPLIT if split else Flag.NONE) | (Flag.FAILED if error is not None else Flag.NONE)
-        self._round(Tag.CALL, value=batch, flags=flags, error=error)
+    def post_call(self, value: int, split: bool, confirm: bool) -> Callable[[], list[_Position]]:
+        """Announce a denoiser call before computing it; returns what :meth:`finish_call` waits on.
+
+        Args:
+            value: what every rank must agree on (the batch, or the output size).
+            split: whether the call is split (it is followed by a data collective).
+            confirm: whether the call will also confirm every rank's forward before its data collective
+                (the first call of its shape).
+        """
+        mine = _Position(Tag.CALL, self.run, self.call, value, Flag.SPLIT if split else Flag.NONE, int(confirm))
+        wait = self.group.post(mine.row(), mine.describe())
+
+        def rows() -> list[_Position]:
+            try:
+                return [_Position.parse(r) for r in wait()]
+            except RankError:
+                self.aborted = True
+                raise
+
+        return rows
+
+    def finish_call(self, pending: Callable[[], list[_Position]], *, confirm: bool) -> None:
+        """After this rank's forward succeeded: collect the announced headers and check them.
+
+        With ``confirm``, also wait until every rank's forward finished (the first call of a shape,
+        whose output layout a failing rank could not otherwise match). Raises on every rank when any
+        rank failed or the ranks disagree.
+        """
+        rows = pending()
+        self._settle(rows, None, rows[self.group.rank].describe())
+        if confirm:
+            self._round(Tag.CALL_DONE, value=0, flags=Flag.NONE, error=None)
         self.call += 1
 
-    def agree_interrupt(self, requested: bool) -> bool:
-        """Agree on a pipeline's ``interrupt`` flag: true on every rank when any rank requested it.
+    def fail_call(
+        self, pending: Callable[[], list[_Position]] | None, error: BaseException, join: Callable[[], None] | None
+    ) -> None:
+        """This rank's call raised ``error``: keep the others out of a hang, then make every rank raise.
 
-        Pipelines read ``self.interrupt`` at the top of every step, on every rank at the same point,
-        so an interrupt set on one rank (a UI thread, a callback) stops all ranks at the same step.
+        When the announced headers agreed, the others go on to the call's data collective, so ``join``
+        enters it with placeholder data (the first call of a shape passes ``None``: the others wait
+        in its confirming round instead). Then this rank reports the failure in a round the others meet
+        at their next exchange. Always raises: ``error`` here, :class:`xcfg.RankError` elsewhere.
         """
-        flags = Flag.INTERRUPT if requested else Flag.NONE
-        rows = self._round(Tag.INTERRUPT, value=0, flags=flags, error=None)
-        return any(row.flags & Flag.INTERRUPT for row in rows)
+        if pending is not None:
+            rows = pending()
+            self._settle(rows, error, rows[self.group.rank].describe())  # raises if another rank failed too
+            if join is not None:
+                join()
+        self._round(Tag.CALL_DONE, value=0, flags=Flag.FAILED, error=error)
+        raise error  # not reached: the round raises
 
     def after_work(self, what: int, error: BaseException | None) -> None:
         """Agree that every rank finished a piece of split work other than a denoiser call.
@@ -177,38 +223,44 @@ class Session:
         where = mine.describe()
         with self._lock:
             try:
-                rows = [_Position.parse(r) for r in self.group.exchange([tag, self.run, self.call, value, flags, aux], where)]
+                rows = [_Position.parse(r) for r in self.group.exchange(mine.row(), where)]
             except RankError:
                 self.aborted = True
                 raise
-            failed = [r for r, row in enumerate(rows) if row.flags & Flag.FAILED]
-            if failed:
-                self.aborted = True
-                messages = self.group.gather_objects(_summary(error), where)
-                if error is not None:
-                    others = [r for r in failed if r != self.group.rank]
-                    for r in others:
-                        error.add_note(f"xcfg: rank {r} of the CFG group failed too: {messages[r]}")
-                    raise error
-                first = failed[0]
-                raise RankFailedError(
-                    f"xcfg: rank {first} of the CFG group {list(self.group.ranks)} failed "
-                    f"{rows[first].describe()}: {messages[first]}. This rank (rank {self.group.rank}) stopped at the "
-                    "same point; nothing is left waiting.",
-                    rank=first,
-                )
-            keys = [row.key(compare_value) for row in rows]
-            if len(set(keys)) > 1:
-                self.aborted = True
-                listing = "; ".join(f"rank {r} is {row.describe()}" for r, row in enumerate(rows))
-                other = next(r for r, key in enumerate(keys) if key != keys[0])
-                raise RankMismatchError(
-                    f"xcfg: the ranks of the CFG group reached different points: {listing}. Every rank must run the "
-                    "same pipeline call with the same arguments, and callbacks or interrupts must act on every "
-                    "rank alike.",
-                    rank=other,
-                )
+            self._settle(rows, error, where, compare_value)
             return rows
+
+    def _settle(
+        self, rows: list[_Position], error: BaseException | None, where: str, compare_value: bool = True
+    ) -> None:
+        """Raise on every rank when a rank failed (naming it) or the ranks are at different points."""
+        failed = [r for r, row in enumerate(rows) if row.flags & Flag.FAILED]
+        if failed:
+            self.aborted = True
+            messages = self.group.gather_objects(_summary(error), where)
+            if error is not None:
+                others = [r for r in failed if r != self.group.rank]
+                for r in others:
+                    error.add_note(f"xcfg: rank {r} of the CFG group failed too: {messages[r]}")
+                raise error
+            first = failed[0]
+            raise RankFailedError(
+                f"xcfg: rank {first} of the CFG group {list(self.group.ranks)} failed "
+                f"{rows[first].describe()}: {messages[first]}. This rank (rank {self.group.rank}) stopped at the "
+                "same point; nothing is left waiting.",
+                rank=first,
+            )
+        keys = [row.key(compare_value) for row in rows]
+        if len(set(keys)) > 1:
+            self.aborted = True
+            listing = "; ".join(f"rank {r} is {row.describe()}" for r, row in enumerate(rows))
+            other = next(r for r, key in enumerate(keys) if key != keys[0])
+            raise RankMismatchError(
+                f"xcfg: the ranks of the CFG group reached different points: {listing}. Every rank must run the "
+                "same pipeline call with the same arguments, and callbacks or interrupts must act on every "
+                "rank alike.",
+                rank=other,
+            )
 
 
 def _summary(error: BaseException | None) -> str | None:

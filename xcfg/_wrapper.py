@@ -134,19 +134,25 @@ def _narrow(tensor: torch.Tensor, *, dim: int, batch: int, start: int, length: i
     return tensor.narrow(dim, start, length)
 
 
-def _gather_output(output: Any, share: int, group: CFGGroup) -> Any:
+_Layout = list[tuple[torch.Size, torch.dtype, torch.device]]
+
+
+def _gather_output(output: Any, share: int, group: CFGGroup) -> tuple[Any, _Layout]:
     """All-gather every output tensor whose leading dimension is this rank's share; keep the type.
+
+    Returns:
+        The gathered output and its layout: what was gathered, in order (see :func:`_join`).
 
     Raises:
         ShapeError: no output tensor has this rank's share as its batch, so the model did not compute
             on the split batch alone: an argument carrying the batch is missing from the spec.
     """
-    gathered: list[int] = []
+    gathered: _Layout = []
 
     def walk(value: Any) -> Any:
         if isinstance(value, torch.Tensor):
             if value.dim() > 0 and value.shape[0] == share:
-                gathered.append(1)
+                gathered.append((value.shape, value.dtype, value.device))
                 return group.all_gather(value)
             return value
         if isinstance(value, tuple) and hasattr(value, "_fields"):
@@ -164,6 +170,79 @@ def _gather_output(output: Any, share: int, group: CFGGroup) -> Any:
             "forward argument that carries the batch is probably missing from the spec's batch_inputs (it reached the "
             "model whole and broadcast the batch back). Declare it, or check the spec with xcfg.testing.check_example."
         )
+    return result, gathered
+
+
+def _join(layout: _Layout, group: CFGGroup) -> None:
+    """Enter the data collectives of a call whose forward failed on this rank, with zeros of its layout."""
+    for shape, dtype, device in layout:
+        group.all_gather(torch.zeros(shape, dtype=dtype, device=device))
+
+
+def _call_key(named: dict[str, Any]) -> tuple[Any, ...]:
+    """What determines a call's output layout: every tensor's shape and dtype, and the plain values."""
+    key: list[Any] = []
+    for name, value in named.items():
+        for label, leaf in _leaves_named(value, name):
+            if isinstance(leaf, torch.Tensor):
+                key.append((label, tuple(leaf.shape), leaf.dtype))
+            elif leaf is None or isinstance(leaf, (bool, int, float, str)):
+                key.append((label, leaf))
+    return tuple(key)
+
+
+def _leaves_named(value: Any, label: str) -> list[tuple[str, Any]]:
+    if isinstance(value, (list, tuple)):
+        return [item for i, v in enumerate(value) for item in _leaves_named(v, f"{label}[{i}]")]
+    if isinstance(value, dict):
+        return [item for k, v in value.items() for item in _leaves_named(v, f"{label}[{k!r}]")]
+    return [(label, value)]
+
+
+class _Layouts:
+    """The output layout of each call shape seen in the current pipeline run (reset with the run)."""
+
+    def __init__(self) -> None:
+        self.run: int | None = None
+        self.known: dict[tuple[Any, ...], _Layout] = {}
+
+    def for_run(self, run: int) -> dict[tuple[Any, ...], _Layout]:
+        if run != self.run:
+            self.run, self.known = run, {}
+        return self.known
+
+
+def _controlled(
+    session: Session,
+    group: CFGGroup,
+    layouts: dict[tuple[Any, ...], _Layout],
+    key: tuple[Any, ...] | None,
+    value: int,
+    compute: Callable[[], Any],
+    collect: Callable[[Any], tuple[Any, _Layout]] | None,
+) -> Any:
+    """Run one denoiser call under the session's protocol; ``collect`` is its data collective, if any.
+
+    The header is posted before ``compute`` and checked after it. The first call of a shape (``key``)
+    also confirms every rank's forward before ``collect``; later calls of that shape don't, and a rank
+    whose forward fails joins ``collect`` with zeros of the layout the first call recorded.
+    """
+    split = collect is not None
+    layout = layouts.get(key) if split else None
+    confirm = split and layout is None
+    pending = None
+    try:
+        pending = session.post_call(value, split, confirm)
+        output = compute()
+    except BaseException as err:
+        if not session.aborted:
+            session.fail_call(pending, err, None if layout is None else lambda: _join(layout, group))
+        raise
+    session.finish_call(pending, confirm=confirm)
+    if collect is None:
+        return output
+    result, recorded = collect(output)
+    layouts.setdefault(key, recorded)
     return result
 
 
@@ -202,32 +281,41 @@ class _SplitGatherHook(ModelHook):
         self.group = group
         self.session = session
         self.whole = False  # run every call whole this pipeline call: see _runs_whole
+        self.layouts = _Layouts()
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         forward = self.fn_ref.original_forward
         group, plan = self.group, self.plan
         session = None if torch.compiler.is_compiling() else self.session
-        batch: int | None = None
-        split = False
+        if session is None:  # torch.compile traces this path: no control plane, functional collectives
+            batch = plan.batch_size(args, kwargs)
+            if group.size > 1 and batch is not None and batch % group.size == 0:
+                args, kwargs = plan.split(args, kwargs, batch, group.rank, group.size)
+                return _gather_output(forward(*args, **kwargs), batch // group.size, group)[0]
+            return forward(*args, **kwargs)
         try:
-            if session is not None and session.call == 0:  # processors and caches are set per pipeline call
+            if session.call == 0:  # processors and caches are set per pipeline call
                 self.whole = _check_whole(module)
             batch = plan.batch_size(args, kwargs)
             split = group.size > 1 and not self.whole and batch is not None and batch % group.size == 0
-            if session is not None:
-                session.check_inputs(plan.bound(args, kwargs))
-            if split:
-                args, kwargs = plan.split(args, kwargs, batch, group.rank, group.size)
-            output = forward(*args, **kwargs)
+            named = plan.bound(args, kwargs)
+            session.check_inputs(named)
+            key = _call_key(named) if split else None
         except BaseException as err:
-            if session is not None and not session.aborted:
-                session.after_call(-1 if batch is None else batch, split, err)
+            if not session.aborted:
+                session.fail_call(None, err, None)
             raise
-        if session is not None:
-            session.after_call(-1 if batch is None else batch, split, None)
         if split:
-            output = _gather_output(output, batch // group.size, group)
-        return output
+            args, kwargs = plan.split(args, kwargs, batch, group.rank, group.size)
+        return _controlled(
+            session,
+            group,
+            self.layouts.for_run(session.run),
+            key,
+            -1 if batch is None else batch,
+            lambda: forward(*args, **kwargs),
+            (lambda output: _gather_output(output, batch // group.size, group)) if split else None,
+        )
 
 
 def _snapshot(value: Any) -> Any:
@@ -265,16 +353,21 @@ def _same_call(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
 
 
-def _exchange(output: Any, group: CFGGroup) -> tuple[Any, Any]:
-    """All-gather a two-rank output; return (rank 0's part, rank 1's part) with the output's structure."""
+def _exchange(output: Any, group: CFGGroup, layout: _Layout | None = None) -> tuple[Any, Any]:
+    """All-gather a two-rank output; return (rank 0's part, rank 1's part) with the output's structure.
+
+    ``layout``, when given, records what was gathered, in order (see :func:`_join`).
+    """
     if isinstance(output, torch.Tensor):
         if output.dim() == 0:
             return output, output
+        if layout is not None:
+            layout.append((output.shape, output.dtype, output.device))
         both = group.all_gather(output)
         return both[: output.shape[0]], both[output.shape[0] :]
     if isinstance(output, (tuple, list)) or isinstance(output, dict):
         items = output.items() if isinstance(output, dict) else enumerate(output)
-        pairs = {k: _exchange(v, group) for k, v in items}
+        pairs = {k: _exchange(v, group, layout) for k, v in items}
         if isinstance(output, dict):
             return (type(output)(**{k: p[0] for k, p in pairs.items()}), type(output)(**{k: p[1] for k, p in pairs.items()}))
         firsts, seconds = [p[0] for p in pairs.values()], [p[1] for p in pairs.values()]
@@ -332,6 +425,7 @@ class _TwoCallHook(ModelHook):
         self.run: int | None = None
         self.whole = False
         self.predictions = 0
+        self.layouts = _Layouts()
 
     def _is_second(self, named: dict[str, Any]) -> bool:
         first = self.history.first
@@ -361,32 +455,51 @@ class _TwoCallHook(ModelHook):
                 self.history.__init__(run=session.run)
         named = self.plan.bound(args, kwargs)
         predicted: dict[str, Any] | None = None
-        value, role = -1, "first"
+        consumed = False
         try:
             if session is not None:
                 if session.call == 0:
                     self.whole = _check_whole(module)
                 session.check_inputs(named)
             if self.pending is not None and _same_call(named, self.pending[0]):
-                role, output = "second", self.pending[1]
+                role, consumed = "second", True
             else:
                 role = "second" if self._is_second(named) else "first"
                 predicted = self._prediction(named) if role == "first" else None
-                if predicted is None:
-                    output = forward(*args, **kwargs)
-                else:
-                    output = forward(**(named if self.group.rank == 0 else predicted))
-            value = _output_size(output)
+            latent = named.get(self.latent)
+            value = latent.shape[0] if isinstance(latent, torch.Tensor) and latent.dim() else -1
+            key = _call_key(named) if predicted is not None else None
         except BaseException as err:
             if session is not None and not session.aborted:
-                session.after_call(value, predicted is not None, err)
+                session.fail_call(None, err, None)
             raise
-        if session is not None:
-            session.after_call(value, predicted is not None, None)
+
+        pending = self.pending
+        if consumed:
+            compute: Callable[[], Any] = lambda: pending[1]  # noqa: E731 - answered by the prediction
+        elif predicted is None:
+            compute = lambda: forward(*args, **kwargs)  # noqa: E731
+        else:
+            local = named if self.group.rank == 0 else predicted
+            compute = lambda: forward(**local)  # noqa: E731
+        collect = None
         if predicted is not None:
-            output, uncond_output = _exchange(output, self.group)
+
+            def collect(output: Any) -> tuple[Any, _Layout]:
+                layout: _Layout = []
+                return _exchange(output, self.group, layout), layout
+
+        if session is None:
+            result = compute()
+            result = collect(result)[0] if collect is not None else result
+        else:
+            result = _controlled(session, self.group, self.layouts.for_run(session.run), key, value, compute, collect)
+        if predicted is not None:
+            output, uncond_output = result
             self.pending = (_snapshot(predicted), uncond_output)
             self.predictions += 1
+        else:
+            output = result
         if role == "first":
             history.first = _snapshot(named)
             if predicted is None:
