@@ -87,7 +87,8 @@ def summary(model: dict[str, Any]) -> dict[str, Any]:
         "step_compiled_1gpu_s": c1,
         "step_compiled_xcfg_2gpu_s": c2,
         "speedup_compiled": _ratio(c1, c2),
-        "speedup_compiled_vs_eager": _ratio(one, c2),
+        # eager 1 GPU of the compiled phases' own launch when they came from another one (see run.py --merge)
+        "speedup_compiled_vs_eager": _ratio(_get(model, "compiled_xcfg_2gpu", "reference_step_median_s") or one, c2),
     }
 
 
@@ -273,11 +274,17 @@ def readme(results: dict[str, Any]) -> str:
     lines += [notes(results), "", "![per-step and end-to-end speedup](speedup.png)", "", "## Where they come from", ""]
     for index, run in enumerate(runs):
         env = run.get("environment") or {}
-        names = [m.get("model") or m["example"] for m in results["models"] if m.get("run", 0) == index]
+        names = []
+        for m in results["models"]:
+            phases = [k for k, p in m["phases"].items() if p.get("run", m.get("run", 0)) == index]
+            if phases:
+                names.append(f"{m.get('model') or m['example']} ({', '.join(phases)})")
         lines += [
-            f"- {', '.join(names) or 'no model'}: {_card(env)}, {run.get('created', 'unknown date')}",
+            f"- {'; '.join(names) or 'no model'}: {_card(env)}, {run.get('created', 'unknown date')}",
             f"  - versions: {_versions(env)}",
         ]
+        if run.get("code"):
+            lines.append(f"  - code: {run['code']}")
         if run.get("launcher"):
             lines.append(f"  - device call: `{run['launcher']}`")
         lines.append(f"  - command: `{run.get('command', '?')}`")

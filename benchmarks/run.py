@@ -270,7 +270,12 @@ def _write(out: Path, meta: dict[str, Any], models: list[dict[str, Any]]) -> dic
 
 
 def merge(args: argparse.Namespace) -> int:
-    """Combine several results.json files into one set of files; a model measured twice keeps its last run."""
+    """Combine several results.json files into one set of files.
+
+    A model measured in several files keeps the phases of the first file that has them; phases it
+    did not have yet (the compiled ones, say) come from later files, each with the 1-GPU step time of
+    its own launch as ``reference_step_median_s``, so every speedup compares phases of one launch.
+    """
     runs: list[dict[str, Any]] = []
     models: dict[str, dict[str, Any]] = {}
     for item in args.merge:
@@ -280,14 +285,23 @@ def merge(args: argparse.Namespace) -> int:
         offset = len(runs)
         runs.extend(data["runs"])
         for model in data["models"]:
-            models[model["example"]] = dict(model, run=model.get("run", 0) + offset)
-    used = sorted({m["run"] for m in models.values()})
+            run = model.get("run", 0) + offset
+            phases = {k: dict(v, run=run) for k, v in model["phases"].items()}
+            if model["example"] not in models:
+                models[model["example"]] = dict(model, run=run, phases=phases)
+                continue
+            kept = models[model["example"]]["phases"]
+            reference = phases.get("plain_1gpu", {}).get("step_median_s")
+            for key, phase in phases.items():
+                if key not in kept:
+                    kept[key] = dict(phase, reference_step_median_s=reference)
+    used = sorted({m["run"] for m in models.values()} | {p["run"] for m in models.values() for p in m["phases"].values()})
     renumber = {old: new for new, old in enumerate(used)}
-    results = {
-        "schema": 1,
-        "runs": [runs[i] for i in used],
-        "models": [dict(m, run=renumber[m["run"]]) for m in models.values()],
-    }
+    for model in models.values():
+        model["run"] = renumber[model["run"]]
+        for phase in model["phases"].values():
+            phase["run"] = renumber[phase["run"]]
+    results = {"schema": 1, "runs": [runs[i] for i in used], "models": list(models.values())}
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
     _report.write_all(out, results)
