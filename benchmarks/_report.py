@@ -183,14 +183,26 @@ def compiled_table(results: dict[str, Any]) -> str | None:
     return "\n".join(lines)
 
 
+def _measured_in(results: dict[str, Any], index: int) -> list[str]:
+    """The models with phases measured in run ``index`` (a model's phases may come from several runs)."""
+    return [
+        m.get("model") or m["example"]
+        for m in results["models"]
+        if any(p.get("run", m.get("run", 0)) == index for p in m["phases"].values())
+    ]
+
+
 def card_line(results: dict[str, Any]) -> str:
-    lines = []
+    """One line per card and software versions, naming the models measured on it."""
+    cards: dict[tuple[str, str], list[str]] = {}
     for index, run in enumerate(results["runs"]):
         env = run.get("environment") or {}
-        names = [m.get("model") or m["example"] for m in results["models"] if m.get("run", 0) == index]
-        which = f" ({', '.join(names)})" if len(results["runs"]) > 1 else ""
-        lines.append(f"Card: {_card(env)}{which}; {_versions(env)}.")
-    return "\n".join(lines)
+        names = cards.setdefault((_card(env), _versions(env)), [])
+        names += [n for n in _measured_in(results, index) if n not in names]
+    if len(cards) == 1:
+        (card, versions), = cards
+        return f"Card: {card}; {versions}."
+    return "\n".join(f"Card: {card} ({', '.join(names)}); {versions}." for (card, versions), names in cards.items())
 
 
 def notes(results: dict[str, Any]) -> str:
