@@ -47,6 +47,65 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
 
+class _Spec(_Frozen):
+    """A top-level spec: a validation error becomes a :class:`xcfg.SpecError` naming every bad field."""
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as err:
+            raise SpecError(_describe(err, type(self).__name__, data.get("model", data.get("name")))) from None
+
+
+class _ClassSpec(_Spec):
+    """A spec about one class (or a lazy import path to it): validation, naming and lazy import."""
+
+    model: type | str
+
+    @field_validator("model")
+    @classmethod
+    def _check_model(cls, value: type | str) -> type | str:
+        if isinstance(value, str):
+            if not _IMPORT_PATH.match(value):
+                raise ValueError(f"{value!r} is not a lazy import path; write 'package.module:ClassName'")
+        elif not issubclass(value, torch.nn.Module):
+            raise ValueError(f"{value!r} is not a torch.nn.Module subclass")
+        return value
+
+    @property
+    def name(self) -> str:
+        """The class name, for messages and tables."""
+        if isinstance(self.model, str):
+            return self.model.rpartition(":")[2].rpartition(".")[2]
+        return self.model.__name__
+
+    @property
+    def path(self) -> str:
+        """``module:QualName`` of the class, without importing it."""
+        if isinstance(self.model, str):
+            return self.model
+        return f"{self.model.__module__}:{self.model.__qualname__}"
+
+    def resolve(self) -> type:
+        """Import and return the class.
+
+        Raises:
+            SpecError: the import path does not lead to a ``torch.nn.Module`` subclass.
+        """
+        if not isinstance(self.model, str):
+            return self.model
+        module_name, _, qualname = self.model.partition(":")
+        try:
+            obj: Any = importlib.import_module(module_name)
+            for part in qualname.split("."):
+                obj = getattr(obj, part)
+        except (ImportError, AttributeError) as err:
+            raise SpecError(f"spec for {self.model!r}: field 'model' cannot be imported: {err}") from err
+        if not (isinstance(obj, type) and issubclass(obj, torch.nn.Module)):
+            raise SpecError(f"spec for {self.model!r}: field 'model' is not a torch.nn.Module subclass")
+        return obj
+
+
 class BatchInput(_Frozen):
     """One forward argument that carries the batch.
 
@@ -78,7 +137,7 @@ class BatchInput(_Frozen):
         return self.name if self.key is None else f"{self.name}[{self.key!r}]"
 
 
-class ModelSpec(_Frozen):
+class ModelSpec(_ClassSpec):
     """What xcfg needs to know about one denoiser class. Frozen; validated on construction.
 
     Attributes:
@@ -110,27 +169,10 @@ class ModelSpec(_Frozen):
         'CogVideoXTransformer3DModel'
     """
 
-    model: type | str
     batch_inputs: tuple[BatchInput, ...] = ()
     style: CFGStyle = CFGStyle.BATCHED
     no_cfg_reason: str | None = None
     guidance_distilled: Callable[[torch.nn.Module], bool] | None = None
-
-    def __init__(self, **data: Any) -> None:
-        try:
-            super().__init__(**data)
-        except ValidationError as err:
-            raise SpecError(_describe(err, data.get("model"))) from None
-
-    @field_validator("model")
-    @classmethod
-    def _check_model(cls, value: type | str) -> type | str:
-        if isinstance(value, str):
-            if not _IMPORT_PATH.match(value):
-                raise ValueError(f"{value!r} is not a lazy import path; write 'package.module:ClassName'")
-        elif not issubclass(value, torch.nn.Module):
-            raise ValueError(f"{value!r} is not a torch.nn.Module subclass")
-        return value
 
     @field_validator("batch_inputs", mode="before")
     @classmethod
@@ -157,50 +199,17 @@ class ModelSpec(_Frozen):
             raise ValueError("no_cfg_reason is only for style 'none' or with guidance_distilled")
         return self
 
-    @property
-    def name(self) -> str:
-        """The class name, for messages and tables."""
-        if isinstance(self.model, str):
-            return self.model.rpartition(":")[2].rpartition(".")[2]
-        return self.model.__name__
 
-    @property
-    def path(self) -> str:
-        """``module:QualName`` of the model class, without importing it."""
-        if isinstance(self.model, str):
-            return self.model
-        return f"{self.model.__module__}:{self.model.__qualname__}"
-
-    def resolve(self) -> type:
-        """Import and return the model class.
-
-        Raises:
-            SpecError: the import path does not lead to a ``torch.nn.Module`` subclass.
-        """
-        if not isinstance(self.model, str):
-            return self.model
-        module_name, _, qualname = self.model.partition(":")
-        try:
-            obj: Any = importlib.import_module(module_name)
-            for part in qualname.split("."):
-                obj = getattr(obj, part)
-        except (ImportError, AttributeError) as err:
-            raise SpecError(f"spec for {self.model!r}: field 'model' cannot be imported: {err}") from err
-        if not (isinstance(obj, type) and issubclass(obj, torch.nn.Module)):
-            raise SpecError(f"spec for {self.model!r}: field 'model' is not a torch.nn.Module subclass")
-        return obj
-
-
-def _describe(err: ValidationError, model: Any) -> str:
-    where = f" for {model!r}" if model is not None else ""
-    lines = [f"malformed xcfg ModelSpec{where}:"]
+def _describe(err: ValidationError, kind: str, subject: Any) -> str:
+    where = f" for {subject!r}" if subject is not None else ""
+    lines = [f"malformed xcfg {kind}{where}:"]
     for problem in err.errors():
         field = ".".join(str(p) for p in problem["loc"]) or "(spec)"
         lines.append(f"  field '{field}': {problem['msg']}")
     return "\n".join(lines)
 
 
-class Example(_Frozen):
+class Example(_Spec):
     """A runnable example pipeline a plugin offers: the CLI, the tests and the benchmarks build it.
 
     ``build`` makes the pipeline from configs with random weights (never a download) and the keyword
@@ -227,12 +236,6 @@ class Example(_Frozen):
     build: Callable[..., Any]
     sizes: tuple[str, ...] = ("tiny",)
     default: bool = False
-
-    def __init__(self, **data: Any) -> None:
-        try:
-            super().__init__(**data)
-        except ValidationError as err:
-            raise SpecError(_describe(err, data.get("name")).replace("ModelSpec", "Example")) from None
 
     @model_validator(mode="after")
     def _check_sizes(self) -> Example:

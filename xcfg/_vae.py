@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import torch
 import torch.distributed as dist
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from ._errors import RankError, SetupError, SpecError
 from ._group import CFGGroup
 from ._session import Session
+from ._spec import _ClassSpec
 
 if TYPE_CHECKING:
     from ._registry import Registry
@@ -39,7 +39,6 @@ VAE_OUTPUTS = ("all", "rank0")
 
 _ATTRIBUTE = "tiled_decode"
 _MARK = "_xcfg_vae_split"
-_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _SHAPE_SLOTS = 8
 
 
@@ -72,7 +71,7 @@ class PMap(Protocol):
     ) -> list[torch.Tensor] | None: ...
 
 
-class VAESpec(BaseModel):
+class VAESpec(_ClassSpec):
     """What xcfg needs to split one VAE class's tiled decode across the CFG ranks. Frozen; validated.
 
     A plugin registers it from its ``register_models`` hook, next to its :class:`xcfg.ModelSpec`.
@@ -98,64 +97,7 @@ class VAESpec(BaseModel):
         'AutoencoderKL'
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
-
-    model: type | str
     tiled_decode: Callable[..., Any]
-
-    def __init__(self, **data: Any) -> None:
-        try:
-            super().__init__(**data)
-        except ValidationError as err:
-            where = f" for {data.get('model')!r}" if data.get("model") is not None else ""
-            lines = [f"malformed xcfg VAESpec{where}:"]
-            for problem in err.errors():
-                field = ".".join(str(p) for p in problem["loc"]) or "(spec)"
-                lines.append(f"  field '{field}': {problem['msg']}")
-            raise SpecError("\n".join(lines)) from None
-
-    @field_validator("model")
-    @classmethod
-    def _check_model(cls, value: type | str) -> type | str:
-        if isinstance(value, str):
-            if not _IMPORT_PATH.match(value):
-                raise ValueError(f"{value!r} is not a lazy import path; write 'package.module:ClassName'")
-        elif not issubclass(value, torch.nn.Module):
-            raise ValueError(f"{value!r} is not a torch.nn.Module subclass")
-        return value
-
-    @property
-    def name(self) -> str:
-        """The class name, for messages and tables."""
-        if isinstance(self.model, str):
-            return self.model.rpartition(":")[2].rpartition(".")[2]
-        return self.model.__name__
-
-    @property
-    def path(self) -> str:
-        """``module:QualName`` of the VAE class, without importing it."""
-        if isinstance(self.model, str):
-            return self.model
-        return f"{self.model.__module__}:{self.model.__qualname__}"
-
-    def resolve(self) -> type:
-        """Import and return the VAE class.
-
-        Raises:
-            SpecError: the import path does not lead to a ``torch.nn.Module`` subclass.
-        """
-        if not isinstance(self.model, str):
-            return self.model
-        module_name, _, qualname = self.model.partition(":")
-        try:
-            obj: Any = importlib.import_module(module_name)
-            for part in qualname.split("."):
-                obj = getattr(obj, part)
-        except (ImportError, AttributeError) as err:
-            raise SpecError(f"VAE spec for {self.model!r}: field 'model' cannot be imported: {err}") from err
-        if not (isinstance(obj, type) and issubclass(obj, torch.nn.Module)):
-            raise SpecError(f"VAE spec for {self.model!r}: field 'model' is not a torch.nn.Module subclass")
-        return obj
 
 
 # -- distribution ------------------------------------------------------------------------------------
