@@ -15,16 +15,14 @@ is larger than one tile. Removing it deletes the attribute, so the class's metho
 from __future__ import annotations
 
 import functools
-import importlib
 import math
-import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import torch
 import torch.distributed as dist
 
-from ._errors import RankError, SetupError, SpecError
+from ._errors import RankError, SetupError
 from ._group import CFGGroup
 from ._session import Session
 from ._spec import _ClassSpec
