@@ -14,7 +14,6 @@ import ast
 import doctest
 import importlib
 import inspect
-import os
 import pkgutil
 import re
 import subprocess

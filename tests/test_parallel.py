@@ -266,3 +266,26 @@ def _incomplete_spec_rank(rank: int, world: int) -> str:
 def test_a_spec_missing_a_batch_argument_raises_instead_of_a_wrong_result():
     for message in run_ranks(_incomplete_spec_rank, timeout=120):
         assert "missing from the spec" in message, message
+
+
+def _bare_failure_rank(rank: int, world: int) -> str:
+    registry = xcfg.Registry(autoload=False)
+    registry.register(ToyPlugin(), name="toys")
+    model = toy_model()
+    xcfg.parallelize(model, registry=registry)
+    x = toy_inputs(2)
+    for call in range(3):
+        if call == 2 and rank == 1:
+            model.proj.register_forward_pre_hook(lambda *_: (_ for _ in ()).throw(RuntimeError("last call fails")))
+        try:
+            model(**x, return_dict=False)
+        except Exception as err:  # noqa: BLE001 - what each rank raised is the result
+            return f"call {call}: {type(err).__name__}: {err}"
+    return "no error"
+
+
+def test_a_bare_denoiser_failing_at_its_last_call_makes_every_rank_raise():
+    """No end-of-run exchange follows a hand-written loop, so the failure must surface at that call."""
+    rank0, rank1 = run_ranks(_bare_failure_rank, timeout=120)
+    assert rank0.startswith("call 2: RankFailedError") and "last call fails" in rank0, rank0
+    assert rank1.startswith("call 2: RuntimeError"), rank1

@@ -90,6 +90,7 @@ def install_pipeline_hooks(pipe: Any, session: Session) -> Any:
     base = type(pipe)
     object.__setattr__(pipe, "__class__", _subclass(base))
     pipe.__dict__[_SESSION_ATTR] = session
+    session.runs = True
 
     def remove() -> None:
         if pipe.__dict__.pop(_SESSION_ATTR, None) is not None:

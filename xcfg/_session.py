@@ -99,6 +99,7 @@ class Session:
         self.call = 0
         self.depth = 0
         self.aborted = False
+        self.runs = False  # pipeline calls are bracketed by begin_run/end_run (the pipeline hooks say so)
         self.shared: dict[str, Any] = {}  # state the wrapped denoisers of one pipeline share
         self._lock = threading.RLock()
 

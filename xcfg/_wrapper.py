@@ -224,11 +224,14 @@ def _controlled(
     """Run one denoiser call under the session's protocol; ``collect`` is its data collective, if any.
 
     The header is posted before ``compute`` and checked after it. The first call of a shape (``key``)
-    also confirms every rank's forward before ``collect``; later calls of that shape don't, and a rank
-    whose forward fails joins ``collect`` with zeros of the layout the first call recorded.
+    also confirms every rank's forward before ``collect``; in a pipeline, later calls of that shape
+    don't, and a rank whose forward fails joins ``collect`` with zeros of the layout the first call
+    recorded, then reports the failure (met at the next exchange, at the latest the end of the run).
     """
     split = collect is not None
-    layout = layouts.get(key) if split else None
+    # without a pipeline around the calls (a hand-written loop), nothing after the last call would meet a
+    # failure reported late, so every split call confirms; in a pipeline the end-of-run exchange does
+    layout = layouts.get(key) if split and session.runs else None
     confirm = split and layout is None
     pending = None
     try:

@@ -1,9 +1,10 @@
 """Flux.1 (``FluxPipeline``): true CFG in two calls per step; guidance-distilled checkpoints refused by default.
 
-Flux.1-dev and -schnell are guidance-distilled (``guidance_embeds=True``): the pipeline feeds the guidance
-strength in as the ``guidance`` input and normally runs the transformer once per step on the prompt
-alone, so there is no uncond call to run on another rank. ``parallelize`` refuses such an instance
-unless called with ``true_cfg=True``.
+Flux.1-dev is guidance-distilled (``guidance_embeds=True``): the pipeline feeds the guidance strength in
+as the ``guidance`` input and normally runs the transformer once per step on the prompt alone, so there
+is no uncond call to run on another rank. ``parallelize`` refuses such an instance unless called with
+``true_cfg=True``. (Flux.1-schnell, timestep-distilled, has ``guidance_embeds=False``: it is accepted and,
+without true CFG, every rank runs each call whole.)
 
 With a negative prompt (``negative_prompt_embeds`` and ``negative_pooled_prompt_embeds``) and
 ``true_cfg_scale > 1``, the pipeline runs true CFG in two calls per step at batch B: the transformer runs

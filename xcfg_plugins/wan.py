@@ -10,8 +10,9 @@ is predicted exactly and the two calls of a step run on the two ranks at once. W
 ``guidance_scale <= 1`` a step makes one call, which every rank computes.
 
 - Wan 2.2 A14B has two experts: ``transformer`` denoises the steps with ``t >= boundary_ratio * 1000``,
-  ``transformer_2`` (the low-noise expert) the rest, with ``guidance_scale_2``. Both are wrapped; each
-  learns its own prediction, so the first step of each expert runs both calls on every rank.
+  ``transformer_2`` (the low-noise expert) the rest, with ``guidance_scale_2``. Both are wrapped and share
+  what they learned of the previous step, so ``transformer_2`` predicts its first uncond call from
+  ``transformer``'s last step: only the run's first step makes both calls on every rank.
 - Image-to-video (Wan 2.1 I2V): ``hidden_states`` is the latents concatenated with the mask and the
   encoded first frame, and the CLIP image embeddings ``encoder_hidden_states_image`` go to both calls
   unchanged (there is no negative image).
