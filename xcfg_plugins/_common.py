@@ -44,3 +44,18 @@ def build_on(device: torch.device, dtype: torch.dtype, make: Any, seed: int = 0)
         if isinstance(component, torch.nn.Module):
             component.eval()
     return built
+
+
+def stitch_tiles(
+    vae: Any, tiles: list[torch.Tensor], columns: int, blend: tuple[int, int], keep: tuple[int, int]
+) -> torch.Tensor:
+    """The end of a diffusers tiled decode, shared by the VAE sections: blend row-major tiles with their
+    upper and left neighbours (already blended, as diffusers does), crop each to ``keep``, concatenate."""
+    grid = [tiles[start : start + columns] for start in range(0, len(tiles), columns)]
+    for r, row in enumerate(grid):
+        for c in range(len(row)):
+            if r:
+                row[c] = vae.blend_v(grid[r - 1][c], row[c], blend[0])
+            if c:
+                row[c] = vae.blend_h(row[c - 1], row[c], blend[1])
+    return torch.cat([torch.cat([t[..., : keep[0], : keep[1]] for t in row], dim=-1) for row in grid], dim=-2)

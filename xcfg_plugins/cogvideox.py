@@ -167,21 +167,7 @@ def tiled_decode(vae: Any, z: torch.Tensor, pmap: xcfg.PMap) -> torch.Tensor | N
     decoded = pmap(decode, tiles, cost=[t.shape[-2] * t.shape[-1] for t in tiles])
     if decoded is None:
         return None
-    return _stitch(vae, decoded, columns, blend, keep)
-
-
-def _stitch(
-    vae: Any, tiles: list[torch.Tensor], columns: int, blend: tuple[int, int], keep: tuple[int, int]
-) -> torch.Tensor:
-    """Blend row-major tiles with their upper and left neighbours (already blended), crop, concatenate."""
-    grid = [tiles[start : start + columns] for start in range(0, len(tiles), columns)]
-    for r, row in enumerate(grid):
-        for c in range(len(row)):
-            if r:
-                row[c] = vae.blend_v(grid[r - 1][c], row[c], blend[0])
-            if c:
-                row[c] = vae.blend_h(row[c - 1], row[c], blend[1])
-    return torch.cat([torch.cat([t[..., : keep[0], : keep[1]] for t in row], dim=-1) for row in grid], dim=-2)
+    return _common.stitch_tiles(vae, decoded, columns, blend, keep)
 
 
 VAE_SPECS = (
