@@ -29,6 +29,7 @@ from ._errors import (
     ShapeError,
     SpecError,
     UnsupportedModelError,
+    UnsupportedPipelineError,
     XcfgError,
 )
 from ._group import CFGGroup, init_distributed
@@ -63,6 +64,7 @@ __all__ = [
     "ShapeError",
     "SpecError",
     "UnsupportedModelError",
+    "UnsupportedPipelineError",
     "VAESpec",
     "Wrapped",
     "XcfgError",

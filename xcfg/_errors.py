@@ -7,6 +7,7 @@ The hierarchy::
     ├── RefusedError               xcfg will not parallelize this pipeline; nothing was changed
     │   ├── UnsupportedModelError  no plugin knows the denoiser's class
     │   ├── NoCFGError             the model has no uncond/cond pair to split (guidance-distilled)
+    │   ├── UnsupportedPipelineError  the model is known, but this pipeline's calls cannot be split correctly
     │   └── SetupError             the set-up cannot work: world size, device, backend, applied twice
     ├── ShapeError (ValueError)    a batch argument's shape does not match the batch of the call
     └── RankError                  the ranks of a CFG group stopped agreeing; raised on every rank
@@ -33,6 +34,7 @@ __all__ = [
     "ShapeError",
     "SpecError",
     "UnsupportedModelError",
+    "UnsupportedPipelineError",
     "XcfgError",
 ]
 
@@ -81,6 +83,19 @@ class UnsupportedModelError(RefusedError):
     Example:
         >>> import xcfg
         >>> issubclass(xcfg.UnsupportedModelError, xcfg.RefusedError)
+        True
+    """
+
+
+class UnsupportedPipelineError(RefusedError):
+    """The plugin knows the denoiser, but this pipeline uses it in a way xcfg cannot split correctly.
+
+    The message carries the plugin's reason (its spec's ``refuse``), for example a pipeline whose uncond
+    call gets other latents than its cond call.
+
+    Example:
+        >>> import xcfg
+        >>> issubclass(xcfg.UnsupportedPipelineError, xcfg.RefusedError)
         True
     """
 

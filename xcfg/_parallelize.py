@@ -10,7 +10,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ._errors import NoCFGError, SetupError, UnsupportedModelError
+from ._errors import NoCFGError, SetupError, UnsupportedModelError, UnsupportedPipelineError
 from ._group import DEFAULT_TIMEOUT, CFGGroup, backend_for, check_world_size
 from ._pipeline import install_pipeline_hooks, is_hooked
 from ._registry import Registry, check_inputs, default_registry
@@ -148,6 +148,7 @@ def parallelize(
     check_vae_output(vae_output)
     found = _denoisers(pipe)
     specs = {name: _spec_for(name, module, registry, true_cfg) for name, module in found.items()}
+    _refusals(pipe, found, specs)
     if "_xcfg_handle" in getattr(pipe, "__dict__", {}) or is_hooked(pipe) or any(map(is_wrapped, found.values())):
         raise SetupError(
             "xcfg: this pipeline is already parallelized; call .remove() on the handle the first parallelize() "
@@ -232,6 +233,18 @@ def _spec_for(name: str, module: torch.nn.Module, registry: Registry, true_cfg: 
         )
     check_inputs(spec, cls)
     return spec
+
+
+def _refusals(pipe: Any, found: dict[str, torch.nn.Module], specs: dict[str, ModelSpec]) -> None:
+    """Ask each spec's ``refuse`` whether this pipeline's calls can be split."""
+    owner = None if isinstance(pipe, torch.nn.Module) else pipe
+    for name, module in found.items():
+        spec = specs[name]
+        reason = spec.refuse(owner, module) if spec.refuse is not None else None
+        if reason:
+            raise UnsupportedPipelineError(
+                f"xcfg cannot parallelize {type(pipe).__name__} (its {name!r} is {spec.name}): {reason}"
+            )
 
 
 def _resolve_group(group: Any, degree: int, timeout: datetime.timedelta) -> CFGGroup:
