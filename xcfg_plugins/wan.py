@@ -19,13 +19,29 @@ is predicted exactly and the two calls of a step run on the two ranks at once. W
 - TI2V (Wan 2.2 5B, ``expand_timesteps=True``): ``timestep`` is per token, shape (B, seq), 0 on the
   tokens of the conditioning first frame; the same tensor goes to both calls.
 
+- VACE (``WanVACEPipeline``, ``WanVACETransformer3DModel``; Wan 2.1 and 2.2 VACE): the same loop with
+  ``control_hidden_states`` (the encoded control video and its mask) and ``control_hidden_states_scale``,
+  the same objects in both calls; only ``encoder_hidden_states`` differs. With ``boundary_ratio`` it has two
+  experts, as Wan 2.2, sharing their history the same way.
+- Animate (``WanAnimatePipeline``, ``WanAnimateTransformer3DModel``): one loop per video segment. In the
+  uncond call ``face_pixel_values`` is the face video blanked to -1 (``face * 0 - 1``, a fresh tensor per
+  step with equal values) and ``encoder_hidden_states`` is the negative prompt; ``hidden_states`` (latents
+  with the reference and previous-segment conditioning in the channels), ``pose_hidden_states`` and
+  ``encoder_hidden_states_image`` are the same in both. Within a segment the uncond call is predicted
+  exactly; the first step of each later segment misses once (new latents) and makes both calls on every rank.
+
 The two-call style needs no ``batch_inputs``: nothing is split, each rank computes one whole call.
+
+``AutoencoderKLWan``'s tiled decode (``pipe.vae.enable_tiling()``) is split across the CFG ranks: each rank
+decodes its share of the spatial tiles (``# -- vae`` below).
 """
 
 from __future__ import annotations
 
 import functools
 from typing import Any
+
+import torch
 
 import xcfg
 
@@ -36,6 +52,14 @@ from . import _common
 SPECS = (
     xcfg.ModelSpec(
         model="diffusers.models.transformers.transformer_wan:WanTransformer3DModel",
+        style="two_call",
+    ),
+    xcfg.ModelSpec(
+        model="diffusers.models.transformers.transformer_wan_vace:WanVACETransformer3DModel",
+        style="two_call",
+    ),
+    xcfg.ModelSpec(
+        model="diffusers.models.transformers.transformer_wan_animate:WanAnimateTransformer3DModel",
         style="two_call",
     ),
 )
@@ -62,6 +86,24 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "call": dict(height=32, width=32, num_frames=9, num_inference_steps=4, guidance_scale=5.0, max_sequence_length=8),
         "text": (8, 16),
         "description": "tiny (2 layers), 9 frames 32x32",
+        # VACE: control blocks after layers 0 and 1; control channels = the encoded inactive and reactive video
+        # (2 x z_dim) + the mask folded to 8x8 = 64 channels (as in Wan2.1-VACE: 2 x 16 + 64 = 96)
+        "vace": dict(vace_layers=[0, 1], vace_in_channels=2 * 4 + 64),
+        # Animate: latents + reference/previous-segment conditioning (latents, mask) in the channels; a small
+        # motion encoder on 16x16 face crops; 4-wide CLIP image embeddings
+        "animate": dict(
+            transformer=dict(
+                in_channels=2 * 4 + 4, latent_channels=4, image_dim=4, motion_encoder_channel_sizes={"4": 16, "8": 16, "16": 16},
+                motion_encoder_size=16, motion_style_dim=8, motion_dim=4, motion_encoder_dim=16, face_encoder_hidden_dim=16,
+                face_encoder_num_heads=2, inject_face_latents_blocks=2,
+            ),
+            image_encoder=dict(
+                hidden_size=4, projection_dim=4, num_hidden_layers=2, num_attention_heads=2, image_size=4,
+                intermediate_size=16, patch_size=1,
+            ),
+            call=dict(height=32, width=32, segment_frame_length=9, num_inference_steps=4, guidance_scale=5.0),
+            face=16,
+        ),
     },
     # Wan-AI/Wan2.1-T2V-14B-Diffusers: transformer/config.json (14.3B parameters; the class defaults), vae/config.json
     # (the class defaults) and scheduler/scheduler_config.json (UniPC, flow prediction, shift 3.0 for 480p); 81
@@ -174,6 +216,87 @@ def build(
     return xcfg.ExampleRun(pipe=pipe, kwargs=kwargs, description=description, output="frames")
 
 
+def _text(config: dict[str, Any], seed: int, device: Any, dtype: Any) -> dict[str, Any]:
+    length, width = config["text"]
+    shape = (1, length, width)
+    return _common.embeddings(seed + 1, device, dtype, prompt_embeds=shape, negative_prompt_embeds=shape)
+
+
+def build_vace(*, size: str = "tiny", device: Any = None, dtype: Any = None, seed: int = 0) -> xcfg.ExampleRun:
+    """A Wan 2.2 VACE pipeline (two experts) with random weights and prompt embeddings. No control video is
+    given, so the pipeline conditions on its default (a gray video, an all-ones mask): the control latents
+    are computed once and go to every call unchanged."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanVACEPipeline, WanVACETransformer3DModel
+
+    device, dtype = _common.resolve(size, device, dtype)
+    if size != "tiny":
+        raise ValueError(f"the Wan VACE example has no size {size!r}")
+    config, spec = CONFIGS[size], VARIANTS["t2v-a14b"]
+    transformer_config = {**config["transformer"], **config["vace"]}
+
+    def make() -> Any:
+        return WanVACEPipeline(
+            tokenizer=None,
+            text_encoder=None,
+            vae=AutoencoderKLWan(**config["vae"]),
+            scheduler=UniPCMultistepScheduler(**config["scheduler"]),
+            transformer=WanVACETransformer3DModel(**transformer_config),
+            transformer_2=WanVACETransformer3DModel(**transformer_config),
+            boundary_ratio=spec["boundary_ratio"],
+        )
+
+    pipe = _common.build_on(device, dtype, make, seed)
+    kwargs = {**config["call"], **spec["call"], **_text(config, seed, device, dtype)}
+    return xcfg.ExampleRun(pipe=pipe, kwargs=kwargs, description=f"Wan 2.2 VACE, {config['description']}", output="frames")
+
+
+def build_animate(*, size: str = "tiny", device: Any = None, dtype: Any = None, seed: int = 0) -> xcfg.ExampleRun:
+    """A Wan-Animate pipeline (animation mode, one segment) with random weights, prompt embeddings and random
+    reference image, pose video and face video."""
+    import numpy as np
+    import PIL.Image
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanAnimatePipeline, WanAnimateTransformer3DModel
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    try:  # transformers >= 5 names the processor that needs no torchvision
+        from transformers import CLIPImageProcessorPil as CLIPImageProcessor
+    except ImportError:
+        from transformers import CLIPImageProcessor
+
+    device, dtype = _common.resolve(size, device, dtype)
+    if size != "tiny":
+        raise ValueError(f"the Wan-Animate example has no size {size!r}")
+    config = CONFIGS[size]
+    animate = config["animate"]
+    transformer_config = {**config["transformer"], **animate["transformer"]}
+
+    def make() -> Any:
+        image = animate["image_encoder"]["image_size"]
+        return WanAnimatePipeline(
+            tokenizer=None,
+            text_encoder=None,
+            vae=AutoencoderKLWan(**config["vae"]),
+            scheduler=UniPCMultistepScheduler(**config["scheduler"]),
+            image_processor=CLIPImageProcessor(size={"shortest_edge": image}, crop_size={"height": image, "width": image}),
+            image_encoder=CLIPVisionModel(CLIPVisionConfig(**animate["image_encoder"])),
+            transformer=WanAnimateTransformer3DModel(**transformer_config),
+        )
+
+    pipe = _common.build_on(device, dtype, make, seed)
+    kwargs = {**animate["call"], **_text(config, seed, device, dtype)}
+    rng = np.random.default_rng(seed + 2)  # the same images on every rank
+
+    def image(side: int) -> Any:
+        return PIL.Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8))
+
+    frames, side = kwargs["segment_frame_length"], kwargs["height"]
+    kwargs.update(
+        image=image(side), pose_video=[image(side) for _ in range(frames)],
+        face_video=[image(animate["face"]) for _ in range(frames)],
+    )
+    return xcfg.ExampleRun(pipe=pipe, kwargs=kwargs, description=f"Wan-Animate, {config['description']}", output="frames")
+
+
 EXAMPLES = (
     xcfg.Example(
         name="wan", summary="Wan 2.1 text-to-video (two-call CFG)", build=build, sizes=tuple(CONFIGS),
@@ -193,6 +316,72 @@ EXAMPLES = (
         summary="Wan 2.2 TI2V 5B image-to-video: per-token timesteps (two-call CFG)",
         build=functools.partial(build, variant="ti2v"),
     ),
+    xcfg.Example(
+        name="wan-vace",
+        summary="Wan 2.2 VACE: control video in both calls, two experts switched at boundary_ratio (two-call CFG)",
+        build=build_vace,
+    ),
+    xcfg.Example(
+        name="wan-animate",
+        summary="Wan-Animate: pose and face videos, the face blanked in the uncond call (two-call CFG)",
+        build=build_animate,
+    ),
+)
+
+# -- vae ---------------------------------------------------------------------------------------------
+
+
+def tiled_decode(vae: Any, z: torch.Tensor, pmap: xcfg.PMap) -> torch.Tensor | None:
+    """``AutoencoderKLWan.tiled_decode(z).sample`` with the tiles decoded across the CFG ranks.
+
+    The latent (B, C, F, H, W) is cut into overlapping spatial tiles of ``tile_sample_min_*`` pixels, a
+    stride of ``tile_sample_stride_*`` pixels apart (both divided by the spatial compression in latent
+    space). Each tile is decoded with all its frames, one latent frame per decoder call, carrying the
+    causal convolutions' cache (the VAE's ``_feat_map``, fresh for each tile) from frame to frame; the first
+    frame is the ``first_chunk``. The cache here is a local list, so a tile decoded on another rank starts
+    from the same empty cache as in the 1-process loop. ``pmap`` spreads the tiles by area; every rank that
+    receives them blends each tile with the one above and the one to its left, keeps its top-left
+    ``stride`` part, crops to the sample size, unpatchifies (Wan 2.2's ``patch_size``) and clamps to
+    [-1, 1], as diffusers does. Wan 2.1, Wan 2.2 (TI2V 5B's VAE with ``patch_size=2``), VACE, Animate
+    and SkyReels V2 decode with this VAE.
+    """
+    from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
+
+    height, width = z.shape[-2:]
+    ratio, patch = vae.spatial_compression_ratio, vae.config.patch_size
+    tile = (vae.tile_sample_min_height // ratio, vae.tile_sample_min_width // ratio)
+    step = (vae.tile_sample_stride_height // ratio, vae.tile_sample_stride_width // ratio)
+    sample = (height * ratio, width * ratio)
+    keep = (vae.tile_sample_stride_height, vae.tile_sample_stride_width)
+    size = (vae.tile_sample_min_height, vae.tile_sample_min_width)
+    if patch is not None:
+        sample, keep, size = (tuple(v // patch for v in pair) for pair in (sample, keep, size))
+    blend = (size[0] - keep[0], size[1] - keep[1])
+    tops, lefts = range(0, height, step[0]), range(0, width, step[1])
+    tiles = [z[..., i : i + tile[0], j : j + tile[1]] for i in tops for j in lefts]
+
+    def decode(latent: torch.Tensor) -> torch.Tensor:
+        cache: list[Any] = [None] * vae._cached_conv_counts["decoder"]
+        frames = []
+        for k in range(latent.shape[2]):
+            part = vae.post_quant_conv(latent[:, :, k : k + 1])
+            frames.append(vae.decoder(part, feat_cache=cache, feat_idx=[0], first_chunk=k == 0))
+        return torch.cat(frames, dim=2)
+
+    decoded = pmap(decode, tiles, cost=[t.shape[-2] * t.shape[-1] for t in tiles])
+    if decoded is None:
+        return None
+    out = _common.stitch_tiles(vae, decoded, len(lefts), blend, keep)[..., : sample[0], : sample[1]]
+    if patch is not None:
+        out = unpatchify(out, patch_size=patch)
+    return torch.clamp(out, min=-1.0, max=1.0)
+
+
+VAE_SPECS = (
+    xcfg.VAESpec(
+        model="diffusers.models.autoencoders.autoencoder_kl_wan:AutoencoderKLWan",
+        tiled_decode=tiled_decode,
+    ),
 )
 
 # -- hooks -------------------------------------------------------------------------------------------
@@ -200,7 +389,7 @@ EXAMPLES = (
 
 @xcfg.hookimpl
 def register_models(register: Any) -> None:
-    for spec in SPECS:
+    for spec in (*SPECS, *VAE_SPECS):
         register(spec)
 
 
