@@ -32,3 +32,58 @@ def test_flux2_dev_guidance_distilled_is_refused_even_with_true_cfg(true_cfg):
     with pytest.raises(xcfg.RefusedError, match="guidance-distilled") as err:
         xcfg.parallelize(run.pipe, true_cfg=true_cfg)
     assert "ContextParallelConfig" in str(err.value)
+
+
+def _qwenimage21_cache_reads_rank(rank: int, world: int) -> dict:
+    """The KV-cache reads of each branch (told apart by the prefix length: 8 prompt tokens, 5 negative) and the
+    calls computed, plainly then parallelized, with the output error."""
+    import torch
+    from diffusers.models.transformers import transformer_qwenimage21 as module
+
+    from xcfg.testing import BatchCounter, relative_error
+
+    reads = {"cond": 0, "uncond": 0}
+    original = module.QwenImage21KVLayerCache.get
+
+    def get(self):  # counts, then reads as before
+        k, v = original(self)
+        reads["cond" if k.shape[1] == 8 else "uncond"] += 1
+        return k, v
+
+    module.QwenImage21KVLayerCache.get = get
+    try:
+        run = xcfg.build_example("qwenimage21", size="tiny")
+
+        def call() -> tuple:
+            reads.update(cond=0, uncond=0)
+            with BatchCounter(run.pipe.transformer) as counter:
+                out = run.pipe(**run.kwargs, output_type="pt", generator=torch.Generator().manual_seed(7)).images
+            return out, dict(reads), len(counter.batches)
+
+        expected, single_reads, single_calls = call()
+        with xcfg.parallelize(run.pipe) as handle:
+            actual, parallel_reads, parallel_calls = call()
+            predictions = handle.wrapped[0]._hook.predictions
+    finally:
+        module.QwenImage21KVLayerCache.get = original
+    return {
+        "error": relative_error(actual, expected), "single_reads": single_reads, "parallel_reads": parallel_reads,
+        "single_calls": single_calls, "parallel_calls": parallel_calls, "predictions": predictions,
+    }
+
+
+@pytest.mark.ranks
+@pytest.mark.timeout(300)
+def test_qwenimage21_predicted_uncond_calls_read_the_uncond_branch_cache():
+    # 4 steps, 2 blocks: step 0 fills both caches on both ranks ("extract", no reads); steps 1-3 read them. In
+    # parallel, rank 0 computes the cond calls and rank 1 the predicted uncond calls: each reads only its branch's
+    # cache, and the result equals one process.
+    from xcfg.testing import run_ranks
+
+    results = run_ranks(_qwenimage21_cache_reads_rank, timeout=240)
+    for rank, r in enumerate(results):
+        assert r["error"] < 1e-4, r
+        assert r["single_reads"] == {"cond": 6, "uncond": 6}, r
+        assert r["single_calls"] == 8 and r["parallel_calls"] == 5 and r["predictions"] == 3, r
+    assert results[0]["parallel_reads"] == {"cond": 6, "uncond": 0}, results[0]
+    assert results[1]["parallel_reads"] == {"cond": 0, "uncond": 6}, results[1]

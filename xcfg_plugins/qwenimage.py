@@ -13,6 +13,16 @@ may differ in length) and ``encoder_hidden_states_mask`` differ (the pipeline dr
 predicted exactly from the second step on and the two calls of a step run on the two ranks at once.
 Without a negative prompt or with ``true_cfg_scale <= 1`` a step makes one call, which every rank computes.
 
+Qwen-Image 2.1 (``QwenImage21Pipeline``, ``QwenImage21Transformer2DModel``, a class of its own) runs the same
+two calls with per-branch state: each branch has its own KV cache object for the text and condition-image
+prefix, passed as the ``kv_cache`` argument (``cond_cache`` in the cond call, ``neg_cache`` in the uncond
+call), and its own ``img_mask``; ``kv_cache_mode`` is ``"extract"`` in step 0 (the caches fill) and
+``"cached"`` after (the prefix is read, only the image tokens are computed). Step 0 makes both calls on every
+rank, so both caches fill on both ranks. From step 1 the predicted uncond call takes the arguments that
+differed within the last pair from the last uncond call (``neg_cache``, the negative prompt, its masks) and
+the rest from the cond call (``kv_cache_mode="cached"``, latents, timestep), so it reads the uncond branch's
+cache, and the real uncond call matches it exactly (the cache is the same object; cached mode only reads it).
+
 The two-call style needs no ``batch_inputs``: nothing is split, each rank computes one whole call.
 """
 
@@ -29,6 +39,10 @@ from . import _common
 SPECS = (
     xcfg.ModelSpec(
         model="diffusers.models.transformers.transformer_qwenimage:QwenImageTransformer2DModel",
+        style="two_call",
+    ),
+    xcfg.ModelSpec(
+        model="diffusers.models.transformers.transformer_qwenimage21:QwenImage21Transformer2DModel",
         style="two_call",
     ),
 )
@@ -55,6 +69,25 @@ CONFIGS: dict[str, dict[str, Any]] = {
         # (prompt tokens, negative prompt tokens, width): a short negative prompt, as " " gives in practice
         "text": (8, 5, 16),
         "description": "Qwen-Image, tiny (2 layers), 32x32",
+    },
+}
+
+# Qwen-Image 2.1: the VAE compresses 16x (five dim_mult levels) and the transformer takes its z_dim channels
+# unpatched (patch_size=1); the pipeline packs 2x2 latent groups, so 64x64 pixels make 4x4 latents, 16 tokens
+CONFIGS_21: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "transformer": dict(
+            patch_size=1, in_channels=16, out_channels=16, num_layers=2, attention_head_dim=16, num_attention_heads=2,
+            context_in_dim=16, axes_dims_rope=(8, 4, 4),
+        ),
+        "vae": dict(
+            base_dim=4, decoder_base_dim=4, z_dim=16, dim_mult=[1, 1, 1, 1, 1], num_res_blocks=1,
+            latents_mean=[0.0] * 16, latents_std=[1.0] * 16,
+        ),
+        "call": dict(height=64, width=64, num_inference_steps=4, true_cfg_scale=4.0),
+        # (prompt tokens, negative prompt tokens, width): the prefixes, and so the two branches' caches, differ in length
+        "text": (8, 5, 16),
+        "description": "Qwen-Image 2.1, tiny (2 layers), 64x64, per-branch KV caches",
     },
 }
 
@@ -96,12 +129,64 @@ def build(*, size: str = "tiny", device: Any = None, dtype: Any = None, seed: in
     return xcfg.ExampleRun(pipe=pipe, kwargs=kwargs, description=config["description"], output="images")
 
 
+class _EmbeddingsOnlyProcessor:
+    """Stands in for the Qwen3-VL processor, whose vocabulary would be a download. ``QwenImage21Pipeline``
+    tokenizes its system prompt once at construction (to count the tokens it drops); the example passes
+    prompt embeddings, so the processor never tokenizes a prompt."""
+
+    class tokenizer:  # noqa: N801 - the attribute name the pipeline reads
+        @staticmethod
+        def encode(text: str) -> list[int]:
+            return [0]
+
+    @staticmethod
+    def apply_chat_template(messages: Any, tokenize: bool = True, return_dict: bool = False) -> list[list[int]]:
+        return [[0] * 12]
+
+
+def build21(*, size: str = "tiny", device: Any = None, dtype: Any = None, seed: int = 0) -> xcfg.ExampleRun:
+    """A Qwen-Image 2.1 pipeline with random weights and prompt embeddings, true CFG and the KV caches on."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.models.autoencoders.autoencoder_kl_qwenimage21 import AutoencoderKLQwenImage21
+    from diffusers.models.transformers.transformer_qwenimage21 import QwenImage21Transformer2DModel
+    from diffusers.pipelines.qwenimage21.pipeline_qwenimage21 import QwenImage21Pipeline
+
+    device, dtype = _common.resolve(size, device, dtype)
+    if size not in CONFIGS_21:
+        raise ValueError(f"the Qwen-Image 2.1 example has no size {size!r}")
+    config = CONFIGS_21[size]
+
+    def make() -> Any:
+        return QwenImage21Pipeline(
+            scheduler=FlowMatchEulerDiscreteScheduler(),
+            vae=AutoencoderKLQwenImage21(**config["vae"]),
+            text_encoder=None,
+            processor=_EmbeddingsOnlyProcessor(),
+            transformer=QwenImage21Transformer2DModel(**config["transformer"]),
+        )
+
+    pipe = _common.build_on(device, dtype, make, seed)
+    length, negative_length, width = config["text"]
+    kwargs = dict(config["call"])
+    kwargs.update(
+        _common.embeddings(
+            seed + 1, device, dtype, prompt_embeds=(1, length, width), negative_prompt_embeds=(1, negative_length, width)
+        )
+    )
+    return xcfg.ExampleRun(pipe=pipe, kwargs=kwargs, description=config["description"], output="images")
+
+
 EXAMPLES = (
     xcfg.Example(
         name="qwenimage",
         summary="Qwen-Image text-to-image, true CFG with a norm-rescaled combination (two-call CFG)",
         build=build,
         sizes=tuple(CONFIGS),
+    ),
+    xcfg.Example(
+        name="qwenimage21",
+        summary="Qwen-Image 2.1 text-to-image, true CFG with one KV cache per branch (two-call CFG)",
+        build=build21,
     ),
 )
 
