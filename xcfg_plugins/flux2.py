@@ -87,21 +87,6 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "text": (8, 6, 16),
         "description": "FLUX.2 Klein, tiny (1+1 layers), 32x32",
     },
-    # black-forest-labs/FLUX.2-klein-base-4B: transformer/config.json (5 double + 20 single blocks, 24 heads of 128,
-    # Qwen3-4B text states of 3 x 2560 = 7680), vae/config.json (AutoencoderKLFlux2, 32 latent channels),
-    # scheduler/scheduler_config.json; 1024x1024, 50 steps, guidance 4.0 (the base model's model card)
-    "full": {
-        "transformer": dict(
-            patch_size=1, in_channels=128, num_layers=5, num_single_layers=20, attention_head_dim=128,
-            num_attention_heads=24, joint_attention_dim=7680, timestep_guidance_channels=256,
-            axes_dims_rope=(32, 32, 32, 32), mlp_ratio=3.0,
-        ),
-        "vae": dict(),
-        "scheduler": dict(use_dynamic_shifting=True, shift=3.0, base_shift=0.5, max_shift=1.15),
-        "call": dict(height=1024, width=1024, num_inference_steps=50, guidance_scale=4.0, max_sequence_length=512),
-        "text": (512, 512, 7680),
-        "description": "FLUX.2 Klein base 4B, 1024x1024",
-    },
 }
 
 
