@@ -87,3 +87,19 @@ def test_qwenimage21_predicted_uncond_calls_read_the_uncond_branch_cache():
         assert r["single_calls"] == 8 and r["parallel_calls"] == 5 and r["predictions"] == 3, r
     assert results[0]["parallel_reads"] == {"cond": 6, "uncond": 0}, results[0]
     assert results[1]["parallel_reads"] == {"cond": 0, "uncond": 6}, results[1]
+
+
+def test_cosmos_video2world_is_refused_with_the_reason():
+    from diffusers import Cosmos2VideoToWorldPipeline, FlowMatchEulerDiscreteScheduler
+
+    from xcfg_plugins import cosmos
+
+    run = cosmos.build()
+    pipe = Cosmos2VideoToWorldPipeline(
+        text_encoder=None, tokenizer=None, transformer=run.pipe.transformer, vae=run.pipe.vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(), safety_checker=run.pipe.safety_checker,
+    )
+    with pytest.raises(xcfg.UnsupportedPipelineError, match="uncond call other inputs") as err:
+        xcfg.parallelize(pipe)
+    assert "Cosmos2_5_PredictBasePipeline" in str(err.value)
+    xcfg.parallelize(run.pipe).remove()  # Predict 2.5 is accepted (one process: nothing installed)
