@@ -97,7 +97,7 @@ def _refusal_rank(rank: int, world: int) -> dict:
 
     for label, pipe in (("flux", FluxPipe()), ("unknown", UnknownPipe())):
         try:
-            xcfg.parallelize(pipe)
+            xcfg.parallelize(pipe, infer=False)  # inference off: unknown models are refused
             outcomes[label] = "accepted"
         except xcfg.RefusedError as err:
             outcomes[label] = f"{type(err).__name__}: {err}"
@@ -105,7 +105,7 @@ def _refusal_rank(rank: int, world: int) -> dict:
     return outcomes
 
 
-def test_flux_and_unknown_models_are_refused_on_every_rank_before_any_collective():
+def test_flux_and_unknown_models_with_inference_off_are_refused_on_every_rank_before_any_collective():
     for result in run_ranks(_refusal_rank, timeout=120):
         assert result["flux"].startswith("NoCFGError") and "guidance-distilled" in result["flux"]
         assert result["unknown"].startswith("UnsupportedModelError") and "UnknownDenoiser" in result["unknown"]
