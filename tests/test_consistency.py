@@ -15,6 +15,8 @@ import torch
 import xcfg
 from xcfg.testing import BatchCounter, check_example, relative_error, run_ranks
 
+pytestmark = pytest.mark.ranks
+
 
 def _pipeline(name: str = "cogvideox", steps: int = 3):
     run = xcfg.build_example(name, size="tiny")

@@ -12,6 +12,8 @@ from toys import TOY_SPEC, ToyDenoiser, ToyPlugin, UnknownDenoiser, toy_inputs, 
 import xcfg
 from xcfg.testing import RanksFailed, check_example, relative_error, run_ranks
 
+pytestmark = pytest.mark.ranks
+
 
 @pytest.mark.parametrize("name", ["cogvideox", "sd3", "mochi"])
 def test_builtin_pipeline_equals_one_process_and_halves_the_batch(name):

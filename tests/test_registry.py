@@ -126,6 +126,7 @@ def test_autoload_switches(monkeypatch):
     assert xcfg.Registry().plugin_names() == ["sd3"]
 
 
+@pytest.mark.ranks
 def test_third_party_entry_point_plugin(tmp_path):
     """A package that declares an `xcfg` entry point is found without any call into xcfg."""
     package = tmp_path / "acme_xcfg"
