@@ -268,6 +268,7 @@ def _incomplete_spec_rank(rank: int, world: int) -> str:
 def test_a_spec_missing_a_batch_argument_raises_instead_of_a_wrong_result():
     for message in run_ranks(_incomplete_spec_rank, timeout=120):
         assert "missing from the spec" in message, message
+        assert "encoder_hidden_states" in message, "the undeclared argument that carries the batch is named"
 
 
 def _bare_failure_rank(rank: int, world: int) -> str:

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from ._binding import Binding
+from ._errors import ShapeError
 from ._gather import call_key, close, exchange_pair, gather_output, same, same_call, snapshot
 from ._group import CFGGroup
 from ._protocol import CallPlan
@@ -134,12 +135,45 @@ class Batched(Style):
         args, kwargs = binding.split(call.args, call.kwargs, batch, group.rank, group.size)
         share, per_sample = batch // group.size, self.per_sample
         self.stats.count("split")
-        return CallPlan(
-            compute=lambda: call.forward(*args, **kwargs),
-            collect=lambda output: gather_output(output, share, group, per_sample=per_sample),
-            value=batch,
-            key=call_key(call.named),
-        )
+        if torch.compiler.is_compiling():  # no error translation inside a graph
+            return CallPlan(
+                compute=lambda: call.forward(*args, **kwargs),
+                collect=lambda output: gather_output(output, share, group, per_sample=per_sample),
+            )
+
+        def compute() -> Any:
+            try:
+                return call.forward(*args, **kwargs)
+            except Exception as err:
+                self._blame_spec(err, call, batch)
+                raise
+
+        def collect(output: Any) -> tuple[Any, Any]:
+            try:
+                return gather_output(output, share, group, per_sample=per_sample)
+            except ShapeError as err:
+                self._blame_spec(err, call, batch)
+                raise
+
+        return CallPlan(compute=compute, collect=collect, value=batch, key=call_key(call.named))
+
+    def _blame_spec(self, err: Exception, call: Call, batch: int) -> None:
+        """A split call failed: if arguments the spec does not declare carry the batch, say so."""
+        declared = {item.name for item in self.spec.batch_inputs}
+        suspects = [
+            label
+            for name, value in call.named.items()
+            if name not in declared
+            for label, leaf in tensors(value, name)
+            if leaf.dim() > 0 and leaf.shape[0] == batch
+        ]
+        if suspects:
+            raise ShapeError(
+                f"xcfg: a batch argument is probably missing from the spec of {self.spec.name}: after its batch of "
+                f"{batch} was split, the call failed with {type(err).__name__}: {err}. These arguments also have "
+                f"{batch} at dim 0 but are not declared, so each rank got them whole: {', '.join(suspects)}. Add the "
+                "ones that carry the batch to batch_inputs (or drop the plugin and let xcfg infer them)."
+            ) from err
 
 
 @dataclass
