@@ -63,7 +63,7 @@ def _qwenimage21_cache_reads_rank(rank: int, world: int) -> dict:
         expected, single_reads, single_calls = call()
         with xcfg.parallelize(run.pipe) as handle:
             actual, parallel_reads, parallel_calls = call()
-            predictions = handle.wrapped[0]._hook.predictions
+            predictions = handle.wrapped[0].predictions
     finally:
         module.QwenImage21KVLayerCache.get = original
     return {
