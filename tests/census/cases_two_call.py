@@ -1,0 +1,374 @@
+"""Census builds of the two-call and guider pipelines of diffusers 0.42.1 that no plugin example covers.
+
+Each build is a tiny fp32 CPU pipeline with seeded random weights, called with prompt embeddings (no tokenizer,
+no download), a few steps and CFG on. Sizes are those diffusers' own tests use for the same classes (facts, not
+their code). The plugin examples of the two-call families go in by name.
+
+GLM-Image is the hazard case: see :func:`glm_image` (expected: the inferred two-call style verifies its first
+predicted uncond call, finds it differs, and runs whole, equal to one process).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+
+from census.case import Case
+
+
+def _built(make: Callable[[], Any], seed: int = 0) -> Any:
+    """``make()`` under a fixed seed (the same weights on every rank), in eval mode; the caller's RNG kept."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        pipe = make()
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            component.eval()
+    return pipe
+
+
+def _randn(seed: int, *shapes: tuple[int, ...]) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=generator) for shape in shapes]
+
+
+def _image(seed: int, height: int, width: int) -> PIL.Image.Image:
+    return PIL.Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def _mask(length: int, padded: int = 0, dtype: torch.dtype = torch.long) -> torch.Tensor:
+    mask = torch.ones(1, length, dtype=dtype)
+    if padded:
+        mask[:, length - padded :] = 0
+    return mask
+
+
+def _wan_vae() -> Any:
+    from diffusers import AutoencoderKLWan
+
+    return AutoencoderKLWan(
+        base_dim=4, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True],
+        latents_mean=[0.0] * 4, latents_std=[1.0] * 4,
+    )
+
+
+def _qwen_vae() -> Any:
+    from diffusers import AutoencoderKLQwenImage
+
+    return AutoencoderKLQwenImage(
+        base_dim=24, z_dim=4, dim_mult=[1, 2, 4], num_res_blocks=1, temperal_downsample=[False, True],
+        latents_mean=[0.0] * 4, latents_std=[1.0] * 4,
+    )
+
+
+def _flux_vae() -> Any:
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        sample_size=32, in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), layers_per_block=1, latent_channels=4,
+        norm_num_groups=2, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035,
+    )
+
+
+# -- two-call pipelines --------------------------------------------------------------------------------
+
+
+def chronoedit() -> tuple[Any, dict[str, Any]]:
+    """ChronoEdit (Wan-based image editing): image latents and CLIP image embeds identical in both calls."""
+    from diffusers import ChronoEditPipeline, ChronoEditTransformer3DModel, FlowMatchEulerDiscreteScheduler
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    try:
+        from transformers import CLIPImageProcessorPil as CLIPImageProcessor
+    except ImportError:
+        from transformers import CLIPImageProcessor
+
+    pipe = _built(lambda: ChronoEditPipeline(
+        tokenizer=None, text_encoder=None,
+        image_encoder=CLIPVisionModel(CLIPVisionConfig(
+            hidden_size=4, projection_dim=4, num_hidden_layers=2, num_attention_heads=2, image_size=16,
+            intermediate_size=16, patch_size=8,
+        )),
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}),
+        transformer=ChronoEditTransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=2 * 4 + 4, out_channels=4,
+            text_dim=16, freq_dim=16, ffn_dim=32, num_layers=2, rope_max_seq_len=32, image_dim=4,
+        ),
+        vae=_wan_vae(), scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
+    ))
+    cond, uncond = _randn(1, (1, 8, 16), (1, 8, 16))
+    return pipe, dict(
+        image=_image(2, 32, 32), prompt_embeds=cond, negative_prompt_embeds=uncond, height=32, width=32, num_frames=5,
+        num_inference_steps=3, guidance_scale=6.0, max_sequence_length=8,
+    )
+
+
+def helios() -> tuple[Any, dict[str, Any]]:
+    """Helios (Wan-based chunked video): the history latents are identical in both calls of a step."""
+    from diffusers import HeliosPipeline, HeliosScheduler, HeliosTransformer3DModel
+
+    pipe = _built(lambda: HeliosPipeline(
+        tokenizer=None, text_encoder=None, vae=_wan_vae(),
+        scheduler=HeliosScheduler(stage_range=[0, 1], stages=1, use_dynamic_shifting=True),
+        transformer=HeliosTransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4,
+            text_dim=16, freq_dim=16, ffn_dim=32, num_layers=2, rope_dim=(4, 4, 4), has_multi_term_memory_patch=True,
+            guidance_cross_attn=True, zero_history_timestep=True, is_amplify_history=False,
+        ),
+    ))
+    cond, uncond = _randn(1, (1, 8, 16), (1, 8, 16))
+    return pipe, dict(
+        prompt_embeds=cond, negative_prompt_embeds=uncond, height=32, width=32, num_frames=9, num_inference_steps=3,
+        guidance_scale=5.0, max_sequence_length=8,
+    )
+
+
+def krea2() -> tuple[Any, dict[str, Any]]:
+    """Krea 2: cond first, ``cond + s * (cond - uncond)``; masks differ per branch."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, Krea2Pipeline, Krea2Transformer2DModel
+
+    pipe = _built(lambda: Krea2Pipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(
+            use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256, max_image_seq_len=6400,
+        ),
+        vae=_qwen_vae(), text_encoder=None, tokenizer=None,
+        transformer=Krea2Transformer2DModel(
+            in_channels=16, num_layers=2, attention_head_dim=8, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=32, timestep_embed_dim=8, text_hidden_dim=16, num_text_layers=3,
+            text_num_attention_heads=2, text_num_key_value_heads=1, text_intermediate_size=16,
+            num_layerwise_text_blocks=1, num_refiner_text_blocks=1, axes_dims_rope=(4, 2, 2), rope_theta=1000.0,
+        ),
+        text_encoder_select_layers=(0, 1, 2),
+    ))
+    cond, uncond = _randn(1, (1, 8, 3, 16), (1, 8, 3, 16))
+    return pipe, dict(
+        prompt_embeds=cond, prompt_embeds_mask=_mask(8, 2, torch.bool), negative_prompt_embeds=uncond,
+        negative_prompt_embeds_mask=_mask(8, 0, torch.bool), height=32, width=32, num_inference_steps=3,
+        guidance_scale=3.0,
+    )
+
+
+def ovis_image() -> tuple[Any, dict[str, Any]]:
+    """Ovis-Image (Flux-like): text ids differ per branch."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, OvisImagePipeline, OvisImageTransformer2DModel
+
+    pipe = _built(lambda: OvisImagePipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(), vae=_flux_vae(), text_encoder=None, tokenizer=None,
+        transformer=OvisImageTransformer2DModel(
+            patch_size=1, in_channels=16, out_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+            num_attention_heads=2, joint_attention_dim=32, axes_dims_rope=(4, 4, 8),
+        ),
+    ))
+    cond, uncond = _randn(1, (1, 8, 32), (1, 8, 32))
+    return pipe, dict(
+        prompt_embeds=cond, negative_prompt=None, negative_prompt_embeds=uncond, height=32, width=32,
+        num_inference_steps=3, guidance_scale=2.0,
+    )
+
+
+def nucleusmoe_image() -> tuple[Any, dict[str, Any]]:
+    """NucleusMoE-Image (Qwen-Image-like, MoE off): norm-rescaled CFG on the gathered predictions."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, NucleusMoEImagePipeline, NucleusMoEImageTransformer2DModel
+
+    pipe = _built(lambda: NucleusMoEImagePipeline(
+        transformer=NucleusMoEImageTransformer2DModel(
+            patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16, num_attention_heads=4,
+            joint_attention_dim=16, axes_dims_rope=(8, 4, 4), moe_enabled=False, capacity_factors=[8.0, 8.0],
+        ),
+        scheduler=FlowMatchEulerDiscreteScheduler(), vae=_qwen_vae(), text_encoder=None, processor=None,
+    ))
+    cond, uncond = _randn(1, (1, 8, 16), (1, 6, 16))
+    return pipe, dict(
+        prompt_embeds=cond, prompt_embeds_mask=_mask(8, 2), negative_prompt_embeds=uncond,
+        negative_prompt_embeds_mask=_mask(6), height=32, width=32, num_inference_steps=3, guidance_scale=4.0,
+    )
+
+
+def hunyuan_video_framepack() -> tuple[Any, dict[str, Any]]:
+    """HunyuanVideo Framepack with true CFG (guidance-distilled like HunyuanVideo: ``true_cfg_scale > 1`` and a
+    negative prompt make the uncond call); the history and clean latents are identical in both calls."""
+    from diffusers import (
+        AutoencoderKLHunyuanVideo,
+        FlowMatchEulerDiscreteScheduler,
+        HunyuanVideoFramepackPipeline,
+        HunyuanVideoFramepackTransformer3DModel,
+    )
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    try:
+        from transformers import SiglipImageProcessorPil as SiglipImageProcessor
+    except ImportError:
+        from transformers import SiglipImageProcessor
+
+    pipe = _built(lambda: HunyuanVideoFramepackPipeline(
+        text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None,
+        transformer=HunyuanVideoFramepackTransformer3DModel(
+            in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=10, num_layers=1,
+            num_single_layers=1, num_refiner_layers=1, patch_size=2, patch_size_t=1, guidance_embeds=True,
+            text_embed_dim=16, pooled_projection_dim=8, rope_axes_dim=(2, 4, 4), image_condition_type=None,
+            has_image_proj=True, image_proj_dim=8, has_clean_x_embedder=True,
+        ),
+        vae=AutoencoderKLHunyuanVideo(
+            in_channels=3, out_channels=3, latent_channels=4, down_block_types=("HunyuanVideoDownBlock3D",) * 4,
+            up_block_types=("HunyuanVideoUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
+            act_fn="silu", norm_num_groups=4, scaling_factor=0.476986, spatial_compression_ratio=8,
+            temporal_compression_ratio=4, mid_block_add_attention=True,
+        ),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
+        image_encoder=SiglipVisionModel(SiglipVisionConfig(
+            hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2, image_size=16,
+            patch_size=8,
+        )),
+        feature_extractor=SiglipImageProcessor(size={"height": 16, "width": 16}),
+    ))
+    cond, pooled, uncond, negative_pooled = _randn(1, (1, 8, 16), (1, 8), (1, 8, 16), (1, 8))
+    return pipe, dict(
+        image=_image(2, 32, 32), prompt_embeds=cond, pooled_prompt_embeds=pooled, prompt_attention_mask=_mask(8, 2),
+        negative_prompt_embeds=uncond, negative_pooled_prompt_embeds=negative_pooled,
+        negative_prompt_attention_mask=_mask(8), height=32, width=32, num_frames=9, latent_window_size=3,
+        num_inference_steps=3, true_cfg_scale=4.0, guidance_scale=6.0, max_sequence_length=8,
+    )
+
+
+# -- guider pipelines ------------------------------------------------------------------------------------
+
+
+def hunyuan_image() -> tuple[Any, dict[str, Any]]:
+    """HunyuanImage 2.1: an ``AdaptiveProjectedMixGuidance`` guider, one call per guider batch (cond, then
+    uncond) in ``cache_context(identifier)``; its momentum runs on the gathered predictions."""
+    from diffusers import (
+        AutoencoderKLHunyuanImage,
+        FlowMatchEulerDiscreteScheduler,
+        HunyuanImagePipeline,
+        HunyuanImageTransformer2DModel,
+    )
+    from diffusers.guiders import AdaptiveProjectedMixGuidance
+
+    pipe = _built(lambda: HunyuanImagePipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
+        vae=AutoencoderKLHunyuanImage(
+            # its group norms have 32 groups: 32 channels at least
+            in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 32, 32, 32), layers_per_block=1,
+            scaling_factor=0.476986, spatial_compression_ratio=8, sample_size=32,
+        ),
+        text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None,
+        transformer=HunyuanImageTransformer2DModel(
+            in_channels=4, out_channels=4, num_attention_heads=4, attention_head_dim=8, num_layers=1,
+            num_single_layers=1, num_refiner_layers=1, patch_size=(1, 1), guidance_embeds=False, text_embed_dim=32,
+            text_embed_2_dim=32, rope_axes_dim=(4, 4),
+        ),
+        guider=AdaptiveProjectedMixGuidance(adaptive_projected_guidance_start_step=2),
+        ocr_guider=AdaptiveProjectedMixGuidance(adaptive_projected_guidance_start_step=3),
+    ))
+    cond, uncond, cond_2, uncond_2 = _randn(1, (1, 8, 32), (1, 8, 32), (1, 4, 32), (1, 4, 32))
+    return pipe, dict(
+        prompt_embeds=cond, prompt_embeds_mask=_mask(8, 2), negative_prompt_embeds=uncond,
+        negative_prompt_embeds_mask=_mask(8), prompt_embeds_2=cond_2, prompt_embeds_mask_2=_mask(4),
+        negative_prompt_embeds_2=uncond_2, negative_prompt_embeds_mask_2=_mask(4), height=32, width=32,
+        num_inference_steps=3,
+    )
+
+
+def motif_video() -> tuple[Any, dict[str, Any]]:
+    """Motif-Video with a ``ClassifierFreeGuidance`` guider: one call per guider batch (cond, then uncond)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, MotifVideoPipeline, MotifVideoTransformer3DModel
+    from diffusers.guiders import ClassifierFreeGuidance
+
+    pipe = _built(lambda: MotifVideoPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), vae=_wan_vae(), text_encoder=None, tokenizer=None,
+        transformer=MotifVideoTransformer3DModel(
+            in_channels=2 * 4 + 1, out_channels=4, num_attention_heads=2, attention_head_dim=12, num_layers=1,
+            num_single_layers=1, mlp_ratio=4.0, patch_size=1, patch_size_t=1, qk_norm="rms_norm", text_embed_dim=32,
+            rope_axes_dim=(4, 4, 4),
+        ),
+        guider=ClassifierFreeGuidance(guidance_scale=5.0), feature_extractor=None,
+    ))
+    cond, uncond = _randn(1, (1, 8, 32), (1, 8, 32))
+    return pipe, dict(
+        prompt_embeds=cond, prompt_attention_mask=_mask(8, 2), negative_prompt_embeds=uncond,
+        negative_prompt_attention_mask=_mask(8), height=16, width=16, num_frames=9, num_inference_steps=3,
+    )
+
+
+# -- the GLM-Image hazard --------------------------------------------------------------------------------
+
+
+def glm_image() -> tuple[Any, dict[str, Any]]:
+    """GLM-Image, image-to-image: **state no argument shows** changes between the two calls of a step.
+
+    With a condition image the pipeline first runs the transformer once per condition image with the KV cache
+    in mode "write" (at batch 1, timestep 0: the image's keys and values are stored). Then each step calls
+    ``kv_caches.set_mode("read")`` before the cond call (attend to the cached image tokens) and
+    ``kv_caches.set_mode("skip")`` before the uncond call (ignore them). The ``kv_caches`` argument is the same
+    object in both calls and the mode lives inside it, so the arguments of the uncond call are exactly what a
+    two-call predictor predicts (the negative prompt, ``prior_token_drop`` all True, the rest the cond call's),
+    yet a predicted uncond call computed during the cond call runs in mode "read", not "skip": its output
+    differs from the real uncond call's. A naive ``two_call`` spec returns that wrong output (silently wrong:
+    ``tests/test_census_glm_image.py`` shows it). Expected from xcfg without a plugin: the inferred two-call
+    style computes the first predicted uncond call for real as well, finds the outputs differ, and runs the
+    rest whole with one warning: equal to one process, nothing split (``expect="whole"``).
+
+    No download: prompt embeddings, ``prior_token_ids`` for the target (what the AR model would generate; 4
+    tokens for 32x32) and ``prior_token_image_ids`` / ``source_image_grid_thw`` for the condition image are
+    given, so neither the tokenizer, the processor nor the vision-language model is needed.
+    """
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, GlmImagePipeline, GlmImageTransformer2DModel
+
+    pipe = _built(lambda: GlmImagePipeline(
+        tokenizer=None, processor=None, text_encoder=None, vision_language_encoder=None,
+        # patch_size x vae_scale_factor = 16: the AR tokens are upsampled 2x from 1/32 of the image
+        vae=AutoencoderKL(
+            block_out_channels=(4, 8, 16, 16), in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
+            up_block_types=["UpDecoderBlock2D"] * 4, latent_channels=4, norm_num_groups=4, sample_size=128,
+            latents_mean=[0.0] * 4, latents_std=[1.0] * 4,
+        ),
+        transformer=GlmImageTransformer2DModel(
+            patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8, num_attention_heads=2,
+            text_embed_dim=32, time_embed_dim=16, condition_dim=8, prior_vq_quantizer_codebook_size=128,
+        ),
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+    ))
+    generator = torch.Generator().manual_seed(3)
+    cond, uncond = _randn(1, (1, 8, 32), (1, 8, 32))
+    return pipe, dict(
+        prompt_embeds=cond, negative_prompt_embeds=uncond, height=32, width=32, num_inference_steps=3,
+        guidance_scale=1.5,
+        prior_token_ids=torch.randint(0, 128, (1, 4), generator=generator),
+        image=[_image(2, 32, 32)],
+        prior_token_image_ids=[torch.randint(0, 128, (4,), generator=generator)],
+        source_image_grid_thw=[torch.tensor([[1, 2, 2]])],
+    )
+
+
+CASES = [
+    Case(pipeline="ChronoEditPipeline", build=chronoedit, output="frames", note="two-call, Wan-based image editing"),
+    Case(pipeline="HeliosPipeline", build=helios, output="frames", note="two-call; history latents shared"),
+    Case(pipeline="Krea2Pipeline", build=krea2, note="two-call, no cache_context"),
+    Case(pipeline="OvisImagePipeline", build=ovis_image, note="two-call"),
+    Case(pipeline="NucleusMoEImagePipeline", build=nucleusmoe_image, note="two-call, norm-rescaled CFG"),
+    Case(
+        pipeline="HunyuanVideoFramepackPipeline", build=hunyuan_video_framepack, output="frames",
+        note="true CFG (guidance-distilled transformer); history latents shared",
+    ),
+    Case(pipeline="HunyuanImagePipeline", build=hunyuan_image, note="guider (APG-mix), cache_context(identifier)"),
+    Case(pipeline="MotifVideoPipeline", build=motif_video, output="frames", note="guider (CFG)"),
+    # the hazard: a hidden KV-cache mode flip between the cond and uncond calls; must run whole, never wrong
+    Case(
+        pipeline="GlmImagePipeline", build=glm_image, expect="whole",
+        note="hazard: kv_caches.set_mode('skip') between cond and uncond; the first predicted uncond call fails "
+        "verification, so it runs whole",
+    ),
+]
+
+# Two-call pipelines of section 4 with no tiny build here, and why (for tests/census/unbuilt.py)
+NOT_BUILT: dict[str, str] = {
+    "LongCatImagePipeline": (
+        "cannot be called with embeddings alone: encode_prompt takes len(prompt) even when prompt_embeds is given, "
+        "while check_inputs forbids passing both; prompts need the Qwen2.5-VL tokenizer (a download)"
+    ),
+}
