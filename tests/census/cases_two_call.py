@@ -435,6 +435,19 @@ def glm_image() -> tuple[Any, dict[str, Any]]:
 
 
 CASES = [
+    # the two-call and guider plugins' examples (xcfg_plugins/), by name
+    Case(pipeline="WanVACEPipeline", example="wan-vace", note="plugin; two experts, control video in both calls"),
+    Case(pipeline="WanAnimatePipeline", example="wan-animate", note="plugin; face blanked in the uncond call"),
+    Case(pipeline="Flux2KleinPipeline", example="flux2-klein", note="plugin; step-distilled Klein refused"),
+    Case(pipeline="QwenImage21Pipeline", example="qwenimage21", note="plugin; one KV cache per branch"),
+    Case(pipeline="HunyuanVideo15Pipeline", example="hunyuan-video15", note="plugin; guider (CFG)"),
+    Case(pipeline="CogView4Pipeline", example="cogview4", note="plugin"),
+    Case(pipeline="ChromaPipeline", example="chroma", note="plugin; no cache_context"),
+    Case(pipeline="Lumina2Pipeline", example="lumina2", note="plugin; CFG truncation"),
+    Case(pipeline="Kandinsky5T2VPipeline", example="kandinsky5", note="plugin; no cache_context"),
+    Case(pipeline="SkyReelsV2Pipeline", example="skyreels-v2", note="plugin"),
+    Case(pipeline="Cosmos2_5_PredictBasePipeline", example="cosmos2.5", note="plugin; Video2World refused"),
+    # two-call pipelines without a plugin (the inferred two-call style)
     Case(pipeline="ChronoEditPipeline", build=chronoedit, output="frames", note="two-call, Wan-based image editing"),
     Case(pipeline="HeliosPipeline", build=helios, output="frames", note="two-call; history latents shared"),
     Case(pipeline="Krea2Pipeline", build=krea2, note="two-call, no cache_context"),
@@ -462,6 +475,15 @@ CASES = [
 
 # Two-call pipelines of section 4 with no tiny build here, and why (for tests/census/unbuilt.py)
 NOT_BUILT: dict[str, str] = {
+    "Ideogram4Pipeline": (
+        "takes prompts only, encoded by a Qwen3-VL text model through a chat template with tapped layers; not built in "
+        "the time. Expected: refused (two denoisers, cond on `transformer`, uncond on `unconditional_transformer`, "
+        "each one call per step: nothing to pair or split; a 'one model per GPU' mode would fit)"
+    ),
+    "Cosmos3OmniPipeline": (
+        "takes prompts only (a chat-templated text tokenizer and a sound tokenizer) and packs per-sample lists; not "
+        "built in the time"
+    ),
     "BriaFibo2Pipeline": (
         "no tiny config found in the time: diffusers has no test for it, and with a small perceiver (gist tokens) "
         "config the attention fails inside BriaFibo2's processor (3-d query); the full config is 44 layers of 3584"
