@@ -103,3 +103,18 @@ def test_cosmos_video2world_is_refused_with_the_reason():
         xcfg.parallelize(pipe)
     assert "Cosmos2_5_PredictBasePipeline" in str(err.value)
     xcfg.parallelize(run.pipe).remove()  # Predict 2.5 is accepted (one process: nothing installed)
+
+
+def test_ideogram4_two_denoisers_are_refused_with_the_reason():
+    import pathlib
+    import sys
+
+    tests = str(pathlib.Path(__file__).resolve().parent)
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    from census.cases_two_call import ideogram4
+
+    pipe, _ = ideogram4()
+    with pytest.raises(xcfg.UnsupportedPipelineError, match="two different models") as err:
+        xcfg.parallelize(pipe)
+    assert "one model per GPU" in str(err.value)

@@ -324,6 +324,46 @@ def longcat_audio_dit() -> tuple[Any, dict[str, Any]]:
     )
 
 
+def ideogram4() -> tuple[Any, dict[str, Any]]:
+    """Ideogram 4: asymmetric CFG on two denoisers (``transformer`` cond, ``unconditional_transformer`` uncond, other
+    inputs, one call each per step). Prompts only: a word-level tokenizer with a plain chat template and a tiny
+    random Qwen3-VL model (36 text layers, as the pipeline taps layers 0..35) stand in. Expected: refused."""
+    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Ideogram4Pipeline, Ideogram4Transformer2DModel
+    from transformers import Qwen3VLConfig, Qwen3VLModel
+
+    tokenizer = _word_tokenizer("a red fox in snow")
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'][0]['text'] }}{% endfor %}"
+    hidden, taps = 8, 13  # the pipeline concatenates 13 tapped layers: llm_features_dim = 13 x hidden
+
+    def transformer() -> Any:
+        return Ideogram4Transformer2DModel(
+            in_channels=16, num_layers=1, attention_head_dim=8, num_attention_heads=2, intermediate_size=32,
+            adaln_dim=16, llm_features_dim=taps * hidden, mrope_section=(2, 1, 1),
+        )
+
+    pipe = _built(lambda: Ideogram4Pipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=AutoencoderKLFlux2(
+            sample_size=32, in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), layers_per_block=1,
+            latent_channels=4, norm_num_groups=2, use_quant_conv=False, use_post_quant_conv=False,
+        ),
+        text_encoder=Qwen3VLModel(Qwen3VLConfig(
+            text_config=dict(
+                hidden_size=hidden, intermediate_size=16, num_hidden_layers=36, num_attention_heads=2,
+                num_key_value_heads=1, head_dim=4, vocab_size=16,
+                rope_scaling={"mrope_section": [1, 1, 0], "rope_type": "default"},
+            ),
+            vision_config=dict(depth=1, hidden_size=8, intermediate_size=16, num_heads=2, out_hidden_size=8),
+        )),
+        tokenizer=tokenizer, transformer=transformer(), unconditional_transformer=transformer(),
+    ))
+    return pipe, dict(
+        prompt="a red fox", height=32, width=32, num_inference_steps=4, guidance_schedule=[4.0] * 4,
+        max_sequence_length=8,
+    )
+
+
 # -- guider pipelines ------------------------------------------------------------------------------------
 
 
@@ -460,6 +500,10 @@ CASES = [
         note="two-call text-to-audio; prompts through a word-level tokenizer built in memory",
     ),
     Case(
+        pipeline="Ideogram4Pipeline", build=ideogram4, expect="refused",
+        note="two denoisers (asymmetric CFG): nothing to split or pair; refused by the ideogram4 plugin",
+    ),
+    Case(
         pipeline="HunyuanVideoFramepackPipeline", build=hunyuan_video_framepack, output="frames",
         note="true CFG (guidance-distilled transformer); history latents shared",
     ),
@@ -475,11 +519,6 @@ CASES = [
 
 # Two-call pipelines of section 4 with no tiny build here, and why (for tests/census/unbuilt.py)
 NOT_BUILT: dict[str, str] = {
-    "Ideogram4Pipeline": (
-        "takes prompts only, encoded by a Qwen3-VL text model through a chat template with tapped layers; not built in "
-        "the time. Expected: refused (two denoisers, cond on `transformer`, uncond on `unconditional_transformer`, "
-        "each one call per step: nothing to pair or split; a 'one model per GPU' mode would fit)"
-    ),
     "Cosmos3OmniPipeline": (
         "takes prompts only (a chat-templated text tokenizer and a sound tokenizer) and packs per-sample lists; not "
         "built in the time"
