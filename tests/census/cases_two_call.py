@@ -364,6 +364,109 @@ def ideogram4() -> tuple[Any, dict[str, Any]]:
     )
 
 
+def cosmos3_omni() -> tuple[Any, dict[str, Any]]:
+    """Cosmos 3 Omni (text-to-image, one frame): packed per-sample sequences as lists, cond and uncond in
+    ``cache_context``; the two calls differ in their packing (input ids, indexes), not in the vision tokens.
+    Prompts only: a word-level tokenizer with the two special tokens the pipeline looks up and a plain chat
+    template stands in; the safety checker is off (``enable_safety_checker=False``, random weights)."""
+    from diffusers import Cosmos3OmniPipeline, Cosmos3OmniTransformer, UniPCMultistepScheduler
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[PAD]": 0, "[UNK]": 1, "<|vision_start|>": 2, "<|im_end|>": 3, "a": 4, "dog": 5, "bad": 6, "quality": 7}
+    words = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, pad_token="[PAD]", unk_token="[UNK]", eos_token="<|im_end|>")
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
+
+    class NoSafetyChecker:  # required by the constructor; never called with enable_safety_checker=False
+        def check_text_safety(self, prompt: str) -> bool:
+            return True
+
+        def check_video_safety(self, frames: Any) -> Any:
+            return frames
+
+    pipe = _built(lambda: Cosmos3OmniPipeline(
+        transformer=Cosmos3OmniTransformer(
+            head_dim=6, hidden_act="relu2", hidden_size=6, intermediate_size=12, latent_channel=4, latent_patch_size=1,
+            num_attention_heads=1, num_hidden_layers=1, num_key_value_heads=1, patch_latent_dim=4,
+            qk_norm_for_text=False, rms_norm_eps=1e-5, rope_axes_dim=[1, 1, 1], vocab_size=len(vocab),
+        ),
+        text_tokenizer=tokenizer, vae=_wan_vae(), scheduler=UniPCMultistepScheduler(), sound_tokenizer=None,
+        safety_checker=NoSafetyChecker(), enable_safety_checker=False,
+    ))
+    return pipe, dict(
+        prompt="a dog", negative_prompt="bad quality", height=16, width=16, num_frames=1, num_inference_steps=3,
+        guidance_scale=4.0, use_system_prompt=False, add_resolution_template=False, add_duration_template=False,
+    )
+
+
+def bria_fibo2() -> tuple[Any, dict[str, Any]]:
+    """Bria FIBO 2: the negative prompt runs as a second pass (no ``cache_context``); its text embeddings stack
+    ``1 + len(injection_layer_ids)`` text-encoder layers, (B, layers, tokens, width), with boolean masks."""
+    from diffusers import AutoencoderKLFlux2, BriaFibo2Pipeline, BriaFibo2Transformer2DModel, FlowMatchEulerDiscreteScheduler
+
+    pipe = _built(lambda: BriaFibo2Pipeline(
+        transformer=BriaFibo2Transformer2DModel(
+            in_channels=4, patch_size=1, dim=32, n_layers=2, n_refiner_layers=1, n_heads=2, cap_feat_dim=16,
+            injection_layer_ids=(0,), perceiver_num_layers=1, min_num_gist_tokens=4, max_num_gist_tokens=8, gist_step=4,
+            gist_min_text_len=4, gist_max_text_len=64, axes_dims=(4, 6, 6), axes_lens=(64, 32, 32),
+        ),
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=AutoencoderKLFlux2(
+            sample_size=32, in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), layers_per_block=1,
+            latent_channels=4, norm_num_groups=2, use_quant_conv=False, use_post_quant_conv=False,
+        ),
+        text_encoder=None, processor=None,
+    ))
+    cond, uncond = _randn(1, (1, 2, 8, 16), (1, 2, 6, 16))
+    return pipe, dict(
+        prompt_embeds=cond, prompt_embeds_mask=_mask(8, 2, torch.bool), negative_prompt_embeds=uncond,
+        negative_prompt_embeds_mask=_mask(6, 0, torch.bool), height=32, width=32, num_inference_steps=3,
+        guidance_scale=4.0,
+    )
+
+
+def longcat_image() -> tuple[Any, dict[str, Any]]:
+    """LongCat-Image (Flux-like, ``cache_context`` around the uncond call only; text ids differ per branch). Its
+    ``encode_prompt`` needs the prompt even when embeddings are given (and ``check_inputs`` forbids both), so
+    prompts go through a word-level tokenizer built in memory and a tiny random Qwen2.5-VL; the pipeline's
+    512-token text length is cut to 16 for the CPU."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, LongCatImagePipeline, LongCatImageTransformer2DModel
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    pipe = _built(lambda: LongCatImagePipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        # the pipeline packs 16 latent channels in 2x2 patches: 64 transformer channels
+        vae=AutoencoderKL(
+            sample_size=32, in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(16, 16), layers_per_block=1,
+            latent_channels=16, norm_num_groups=4, use_quant_conv=False, use_post_quant_conv=False,
+            shift_factor=0.0609, scaling_factor=1.5035,
+        ),
+        text_encoder=Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(
+            text_config=dict(
+                hidden_size=32, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                vocab_size=16, rope_scaling={"mrope_section": [2, 2, 4], "rope_type": "default", "type": "default"},
+                rope_theta=1000000.0,
+            ),
+            vision_config=dict(depth=1, hidden_size=32, intermediate_size=32, num_heads=2, out_hidden_size=32),
+            vocab_size=16,
+        )),
+        tokenizer=_word_tokenizer("a cat on mat bad quality"), text_processor=None,
+        transformer=LongCatImageTransformer2DModel(
+            patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
+            num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=(4, 4, 8),
+        ),
+    ))
+    pipe.tokenizer_max_length = 16
+    return pipe, dict(
+        prompt="a cat on a mat", negative_prompt="bad quality", height=32, width=32, num_inference_steps=3,
+        guidance_scale=4.0, enable_prompt_rewrite=False,
+    )
+
+
 # -- guider pipelines ------------------------------------------------------------------------------------
 
 
@@ -494,10 +597,16 @@ CASES = [
     Case(pipeline="OvisImagePipeline", build=ovis_image, note="two-call"),
     Case(pipeline="NucleusMoEImagePipeline", build=nucleusmoe_image, note="two-call, norm-rescaled CFG"),
     Case(pipeline="JoyImageEditPipeline", build=joyimage_edit, note="two-call, no cache_context"),
+    Case(pipeline="BriaFibo2Pipeline", build=bria_fibo2, note="two-call, no cache_context; stacked text layers"),
+    Case(pipeline="LongCatImagePipeline", build=longcat_image, note="two-call; prompts through an in-memory tokenizer"),
     Case(pipeline="Kandinsky6TI2VAPipeline", build=kandinsky6, output="frames", note="two-call, video only"),
     Case(
         pipeline="LongCatAudioDiTPipeline", build=longcat_audio_dit, output="audios",
         note="two-call text-to-audio; prompts through a word-level tokenizer built in memory",
+    ),
+    Case(
+        pipeline="Cosmos3OmniPipeline", build=cosmos3_omni, output="video",
+        note="two-call with packed per-sample lists; prompts through an in-memory tokenizer",
     ),
     Case(
         pipeline="Ideogram4Pipeline", build=ideogram4, expect="refused",
@@ -517,18 +626,5 @@ CASES = [
     ),
 ]
 
-# Two-call pipelines of section 4 with no tiny build here, and why (for tests/census/unbuilt.py)
-NOT_BUILT: dict[str, str] = {
-    "Cosmos3OmniPipeline": (
-        "takes prompts only (a chat-templated text tokenizer and a sound tokenizer) and packs per-sample lists; not "
-        "built in the time"
-    ),
-    "BriaFibo2Pipeline": (
-        "no tiny config found in the time: diffusers has no test for it, and with a small perceiver (gist tokens) "
-        "config the attention fails inside BriaFibo2's processor (3-d query); the full config is 44 layers of 3584"
-    ),
-    "LongCatImagePipeline": (
-        "cannot be called with embeddings alone: encode_prompt takes len(prompt) even when prompt_embeds is given, "
-        "while check_inputs forbids passing both; prompts need the Qwen2.5-VL tokenizer (a download)"
-    ),
-}
+# Two-call pipelines of coverage.md section 4 with no tiny build here, and why (for tests/census/unbuilt.py): none.
+NOT_BUILT: dict[str, str] = {}
