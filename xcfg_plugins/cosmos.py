@@ -1,5 +1,6 @@
 """Cosmos (``CosmosTransformer3DModel``): Predict 2.5 (``Cosmos2_5_PredictBasePipeline``), Cosmos 2
 text-to-image and Cosmos 1.0 text-to-world in two-call CFG; the Video2World pipelines refused, with the reason.
+Cosmos 3 Omni (``Cosmos3OmniTransformer``) in two-call CFG too.
 
 Cosmos Predict 2.5 evaluates CFG in two calls per step at batch B when ``guidance_scale > 1``, without
 ``cache_context``: the transformer runs on the prompt, then on the negative prompt, and the prediction is
@@ -14,6 +15,16 @@ Refused: the Video2World pipelines of Cosmos 1.0 and 2 (``CosmosVideoToWorldPipe
 ``timestep`` blended with the *unconditioning* latents and indicator, and ``condition_mask`` from the uncond mask
 (Cosmos 1.0 also augments each branch with its own noise). The second call of a step then never pairs with the
 first, so nothing could run in parallel; ``refuse`` says so instead of running at one GPU's speed.
+
+Cosmos 3 Omni (``Cosmos3OmniPipeline``, ``Cosmos3OmniTransformer``) runs two calls per step inside
+``cache_context("cond")`` / ``("uncond")``. Its inputs are packed per-sample sequences: the text part
+(``input_ids``, ``text_indexes``, ``position_ids``, ``und_len``, ``sequence_length`` and the vision/sound index
+lists) is each branch's own packing, computed once before the loop; ``vision_tokens`` (a fresh one-element list
+around the same latent each call) and ``vision_timesteps`` are alike in both calls. The calls are paired by their
+``cache_context`` names, and the uncond call is predicted exactly from the second step on (its packing from the
+last uncond call, the vision tokens and timesteps from the cond call). Its census case
+(``tests/census/cases_two_call.py``) checks it on 2 ranks; it has no example here, since the pipeline takes
+prompts only and its tokenizer is a download.
 
 The published configs use ``concat_padding_mask=True``, which needs torchvision for the mask resize.
 """
@@ -52,6 +63,10 @@ SPECS = (
         model="diffusers.models.transformers.transformer_cosmos:CosmosTransformer3DModel",
         style="two_call",
         refuse=refuse,
+    ),
+    xcfg.ModelSpec(
+        model="diffusers.models.transformers.transformer_cosmos3:Cosmos3OmniTransformer",
+        style="two_call",
     ),
 )
 

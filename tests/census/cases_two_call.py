@@ -606,7 +606,7 @@ CASES = [
     ),
     Case(
         pipeline="Cosmos3OmniPipeline", build=cosmos3_omni, output="video",
-        note="two-call with packed per-sample lists; prompts through an in-memory tokenizer",
+        note="plugin (cosmos); two-call with packed per-sample lists; prompts through an in-memory tokenizer",
     ),
     Case(
         pipeline="Ideogram4Pipeline", build=ideogram4, expect="refused",
