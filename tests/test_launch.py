@@ -1,0 +1,344 @@
+"""``xcfg.launch``: one process drives 2 gloo CPU workers; no torchrun, no mocks of ``torch.distributed``.
+
+The workers are real processes started by ``torch.multiprocessing``; the pipeline is the tiny CogVideoX
+example (random weights, no download). What is checked: a proxy call equals a one-process run and each
+worker computed only its half of every CFG batch; an error on one worker comes back naming it and the pool
+stays usable; a worker killed in the middle of a call is reported and the pool closes itself; a silence
+longer than the timeout closes the pool; close, restart, the ``with`` form, garbage collection and the exit
+of the calling process leave no process behind (checked by PID in ``/proc``).
+
+The pools start from a fork server (``start_method="forkserver"``) so that only the first one pays for
+importing torch and diffusers; ``spawn``, the default, is what the HTTP example's test runs.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import os
+import signal
+import multiprocessing
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import xcfg
+from xcfg.testing import BatchCounter, relative_error
+
+START = "forkserver"
+STEPS = 2
+
+
+# -- run in the workers (module-level, so the workers can import them) --------------------------------------
+
+
+def make_pipe():
+    """The factory: each worker builds the same tiny CogVideoX (seeded random weights)."""
+    return xcfg.build_example("cogvideox", size="tiny").pipe
+
+
+def make_nothing():
+    raise RuntimeError("the factory could not find its weights")
+
+
+def count_batches(pipe):
+    pipe.__dict__["_test_counter"] = BatchCounter(pipe.transformer).__enter__()
+
+
+def counted_batches(pipe):
+    counter = pipe.__dict__.pop("_test_counter")
+    counter.__exit__(None, None, None)
+    return counter.batches
+
+
+def fail_on_rank_1(pipe, message):
+    import torch.distributed as dist
+
+    if dist.get_rank() == 1:
+        raise ValueError(message)
+    return dist.get_rank()
+
+
+def fail_in_callback_on_rank_1(pipe, step, timestep, callback_kwargs):
+    import torch.distributed as dist
+
+    if dist.get_rank() == 1 and step == 0:
+        raise ValueError("boom in rank 1's step-end callback")
+    return callback_kwargs
+
+
+def stall_on_rank_1(marker, pipe, step, timestep, callback_kwargs):
+    """Rank 1 says it is inside the call, then takes its time, so that the test can kill it mid-call."""
+    import torch.distributed as dist
+
+    if dist.get_rank() == 1:
+        Path(marker).write_text(str(os.getpid()))
+        time.sleep(60)
+    return callback_kwargs
+
+
+def sleep(pipe, seconds):
+    time.sleep(seconds)
+
+
+# -- helpers in the test process ------------------------------------------------------------------------------
+
+
+def call_kwargs():
+    kwargs = dict(xcfg.build_example("cogvideox", size="tiny").kwargs)
+    kwargs.update(num_inference_steps=STEPS, output_type="pt")
+    return kwargs
+
+
+def alive(pid: int) -> bool:
+    """Whether a process with this PID exists and is not a zombie (psutil when installed, else /proc)."""
+    try:
+        import psutil
+    except ImportError:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+        return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    try:
+        return psutil.Process(pid).status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+    except psutil.NoSuchProcess:
+        return False
+
+
+def assert_gone(pids, within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [p for p in pids if alive(p)], f"processes left behind: {[p for p in pids if alive(p)]}"
+
+
+def children() -> set[int]:
+    """This process's live child processes."""
+    found = set()
+    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+        with open(task / "children") as fh:
+            found.update(int(p) for p in fh.read().split())
+    return {p for p in found if alive(p)}
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """The one-process run: the plain pipeline, its output and the batch its transformer computed per call."""
+    pipe = make_pipe()
+    with BatchCounter(pipe.transformer) as counter:
+        out = pipe(**call_kwargs(), generator=torch.Generator().manual_seed(7)).frames
+    return out, counter.batches
+
+
+@pytest.fixture(scope="module")
+def pool():
+    proxy = xcfg.launch(make_pipe, nproc=2, device="cpu", start_method=START, timeout=120)
+    yield proxy
+    pids = proxy.pids
+    proxy.close()
+    assert_gone(pids)
+
+
+# -- equality and the share each worker computes ----------------------------------------------------------------
+
+
+@pytest.mark.ranks
+@pytest.mark.timeout(180)
+def test_a_call_equals_one_process_and_each_worker_computes_half(pool, reference):
+    expected, single_batches = reference
+    pool.run_on_workers(count_batches)
+    out = pool(**call_kwargs(), generator=torch.Generator().manual_seed(7))
+    batches = pool.run_on_workers(counted_batches)
+
+    assert type(out).__name__ == "CogVideoXPipelineOutput" and out.frames.device.type == "cpu"
+    assert relative_error(out.frames, expected) < 1e-4
+    assert single_batches == [2] * STEPS
+    assert batches == [[1] * STEPS, [1] * STEPS], batches
+    # the generator travels as its seed: the same seed gives the same video, another seed another one
+    again = pool(**call_kwargs(), generator=torch.Generator().manual_seed(7)).frames
+    other = pool(**call_kwargs(), generator=torch.Generator().manual_seed(8)).frames
+    assert torch.equal(again, out.frames) and not torch.equal(other, out.frames)
+    assert pool.run_on_workers("transformer.config.num_layers") == [make_pipe().transformer.config.num_layers] * 2
+
+
+@pytest.mark.ranks
+@pytest.mark.timeout(180)
+def test_an_error_on_one_worker_names_the_rank_and_the_pool_stays_usable(pool, reference):
+    with pytest.raises(xcfg.WorkerError) as caught:
+        pool.run_on_workers(fail_on_rank_1, "boom on rank 1")
+    assert caught.value.rank == 1 and sorted(caught.value.errors) == [1]
+    assert "worker rank 1 raised ValueError: boom on rank 1" in str(caught.value)
+    assert isinstance(caught.value.__cause__, ValueError)
+
+    # inside a pipeline call: rank 1 raises, rank 0 follows with RankFailedError; rank 1 is the one named
+    with pytest.raises(xcfg.WorkerError) as caught:
+        pool(**call_kwargs(), callback_on_step_end=fail_in_callback_on_rank_1)
+    assert caught.value.rank == 1, caught.value
+    assert "boom in rank 1's step-end callback" in str(caught.value)
+
+    out = pool(**call_kwargs(), generator=torch.Generator().manual_seed(7)).frames
+    assert relative_error(out, reference[0]) < 1e-4
+    assert not pool.closed
+
+
+# -- refusals before any worker starts ---------------------------------------------------------------------------
+
+
+@pytest.mark.ranks
+@pytest.mark.timeout(60)
+def test_bad_input_is_refused_before_any_worker_starts():
+    before = children()
+    refusals = {
+        "lambda": lambda: xcfg.launch(lambda: None, device="cpu"),
+        "local function": lambda: xcfg.launch(_local_factory(), device="cpu"),
+        "not callable": lambda: xcfg.launch(42, device="cpu"),
+        "bad path": lambda: xcfg.launch("no_such_module_xcfg:make_pipe", device="cpu"),
+        "path without function": lambda: xcfg.launch("test_launch", device="cpu"),
+        "nproc 0": lambda: xcfg.launch(make_pipe, nproc=0, device="cpu"),
+        "more GPUs than there are": lambda: xcfg.launch(make_pipe, nproc=torch.cuda.device_count() + 1, device="cuda"),
+        "one device for two": lambda: xcfg.launch(make_pipe, nproc=2, device=["cpu"]),
+        "unpicklable option": lambda: xcfg.launch(make_pipe, device="cpu", registry=threading.Lock()),
+        "bad timeout": lambda: xcfg.launch(make_pipe, device="cpu", timeout=0),
+    }
+    for label, attempt in refusals.items():
+        with pytest.raises(xcfg.SetupError) as caught:
+            attempt()
+        assert "xcfg.launch" in str(caught.value), label
+    with pytest.raises(xcfg.SetupError, match="GPU"):
+        refusals["more GPUs than there are"]()
+    assert children() == before
+
+
+def _local_factory():
+    def factory():
+        return None
+
+    return factory
+
+
+@pytest.mark.ranks
+@pytest.mark.timeout(120)
+def test_a_factory_that_raises_is_reported_and_no_worker_is_left():
+    before = children()
+    with pytest.raises(xcfg.WorkerError) as caught:
+        xcfg.launch(make_nothing, nproc=2, device="cpu", start_method=START, timeout=60)
+    assert "RuntimeError: the factory could not find its weights" in str(caught.value)
+    assert caught.value.rank in (0, 1)
+    assert children() <= before
+
+
+# -- deaths, timeouts, close and restart --------------------------------------------------------------------------
+
+
+@pytest.mark.ranks
+@pytest.mark.timeout(180)
+def test_a_worker_killed_mid_call_is_reported_and_the_pool_closes_itself(tmp_path, reference):
+    proxy = xcfg.launch(make_pipe, nproc=2, device="cpu", start_method=START, timeout=120)
+    pids = proxy.pids
+    marker = tmp_path / "rank1-inside-the-call"
+    outcome = {}
+
+    def call():
+        try:
+            proxy(**call_kwargs(), callback_on_step_end=functools.partial(stall_on_rank_1, str(marker)))
+        except BaseException as err:  # noqa: BLE001 - the test looks at it
+            outcome["error"] = err
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    deadline = time.monotonic() + 60
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.exists(), "rank 1 never reached its callback"
+    os.kill(pids[1], signal.SIGKILL)
+    caller.join(60)
+    assert not caller.is_alive()
+
+    error = outcome.get("error")
+    assert isinstance(error, xcfg.WorkerDiedError), error
+    assert error.rank == 1 and error.exitcode == -signal.SIGKILL
+    assert "worker rank 1" in str(error) and "SIGKILL" in str(error)
+    assert proxy.closed
+    assert_gone(pids)
+    with pytest.raises(xcfg.LaunchError, match="closed"):
+        proxy(**call_kwargs())
+
+    # a new pool starts and works
+    with xcfg.launch(make_pipe, nproc=2, device="cpu", start_method=START, timeout=120) as fresh:
+        out = fresh(**call_kwargs(), generator=torch.Generator().manual_seed(7)).frames
+        assert relative_error(out, reference[0]) < 1e-4
+        again = fresh.pids
+    assert_gone(again)
+
+
+@pytest.mark.ranks
+@pytest.mark.timeout(120)
+def test_a_silence_longer_than_the_timeout_closes_the_pool():
+    proxy = xcfg.launch(make_pipe, nproc=2, device="cpu", start_method=START, timeout=120)
+    pids = proxy.pids
+    proxy.timeout = 1.0
+    with pytest.raises(xcfg.WorkerTimeoutError, match="within 1 s"):
+        proxy.run_on_workers(sleep, 30)
+    assert proxy.closed
+    assert_gone(pids)
+
+
+@pytest.mark.ranks
+@pytest.mark.timeout(180)
+def test_close_restart_and_garbage_collection_leave_no_process_and_one_progress_bar(capfd):
+    first = xcfg.launch(make_pipe, nproc=2, device="cpu", start_method=START, timeout=120)
+    capfd.readouterr()
+    first(**call_kwargs())
+    err = capfd.readouterr().err
+    assert err.count(f" 0/{STEPS} [") == 1, err  # rank 0's bar, shown once, by this process
+    pids = first.pids
+    first.close()
+    first.close()  # idempotent
+    assert first.closed
+    assert_gone(pids)
+
+    second = xcfg.launch(make_pipe, nproc=2, device="cpu", start_method=START, timeout=120)
+    pids = second.pids
+    assert second.run_on_workers(_pid) == pids
+    del second
+    gc.collect()
+    assert_gone(pids)
+
+
+def _pid(pipe):
+    return os.getpid()
+
+
+def _caller(how, conn):
+    """A calling process: start a pool, report its workers, then exit with the pool open, or be killed."""
+    proxy = xcfg.launch(make_pipe, nproc=2, device="cpu", start_method=START, timeout=120)
+    conn.send(proxy.pids)
+    conn.close()
+    if how == "killed":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.mark.ranks
+@pytest.mark.timeout(120)
+def test_the_exit_of_the_calling_process_stops_its_workers():
+    """A caller that exits with its pool open (the exit hook closes it), and one that is killed (the workers
+    notice their parent is gone). The callers are forked from a fork server that has imported xcfg."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "transformers", "diffusers", "xcfg"])
+    callers = {}
+    for how in ("exits", "killed"):
+        receive, send = ctx.Pipe(duplex=False)
+        process = ctx.Process(target=_caller, args=(how, send))
+        process.start()
+        send.close()
+        callers[how] = (process, receive)
+    for how, (process, receive) in callers.items():
+        assert receive.poll(90), f"the caller that {how} did not start its pool"
+        pids = receive.recv()
+        process.join(30)
+        assert process.exitcode == (0 if how == "exits" else -signal.SIGKILL), (how, process.exitcode)
+        assert_gone(pids, within=15)
