@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import functools
 import gc
+import multiprocessing
 import os
 import signal
-import multiprocessing
 import threading
 import time
 from pathlib import Path
