@@ -185,6 +185,21 @@ def test_an_error_on_one_worker_names_the_rank_and_the_pool_stays_usable(pool, r
     assert not pool.closed
 
 
+@pytest.mark.ranks
+@pytest.mark.timeout(120)
+def test_ctrl_c_while_waiting_leaves_the_pool_usable(pool, reference):
+    """The interrupted call runs on in the workers; the next call waits for it and gets its own answer."""
+    interrupt = threading.Timer(0.5, signal.pthread_kill, args=(threading.main_thread().ident, signal.SIGINT))
+    interrupt.start()
+    with pytest.raises(KeyboardInterrupt):
+        pool.run_on_workers(sleep, 2)
+    interrupt.join()
+    assert not pool.closed
+    out = pool(**call_kwargs(), generator=torch.Generator().manual_seed(7)).frames
+    assert relative_error(out, reference[0]) < 1e-4
+    assert pool.run_on_workers(_pid) == pool.pids
+
+
 # -- refusals before any worker starts ---------------------------------------------------------------------------
 
 
@@ -201,6 +216,7 @@ def test_bad_input_is_refused_before_any_worker_starts():
         "nproc 0": lambda: xcfg.launch(make_pipe, nproc=0, device="cpu"),
         "more GPUs than there are": lambda: xcfg.launch(make_pipe, nproc=torch.cuda.device_count() + 1, device="cuda"),
         "one device for two": lambda: xcfg.launch(make_pipe, nproc=2, device=["cpu"]),
+        "unknown option": lambda: xcfg.launch(make_pipe, device="cpu", no_such_option=1),
         "unpicklable option": lambda: xcfg.launch(make_pipe, device="cpu", registry=threading.Lock()),
         "bad timeout": lambda: xcfg.launch(make_pipe, device="cpu", timeout=0),
     }

@@ -28,6 +28,7 @@ import dataclasses
 import datetime
 import importlib
 import importlib.util
+import inspect
 import itertools
 import multiprocessing
 import multiprocessing.util
@@ -131,6 +132,7 @@ def launch(
         backend = "nccl" if devices[0].type == "cuda" else "gloo"
     if devices[0].type == "cpu" and "nccl" in backend and "gloo" not in backend:
         raise SetupError(f"xcfg.launch: backend {backend!r} cannot carry CPU tensors; use backend='gloo' with device='cpu'")
+    _check_options(options)
     spec = _WorkerSpec(
         factory=_pickled_factory(factory),
         options=_pickled(options, "the parallelize options"),
@@ -164,7 +166,6 @@ class Launched:
     Attributes:
         devices: each worker's device, by rank.
         pids: each worker's process id, by rank.
-        timeout: seconds a call waits for the next message from the workers (settable).
 
     Example:
         >>> import xcfg
@@ -192,6 +193,7 @@ class Launched:
 
     @property
     def timeout(self) -> float:
+        """How long, in seconds, a wait for the workers may last (during a call, between two messages); settable."""
         return self._pool.timeout
 
     @timeout.setter
@@ -215,11 +217,10 @@ class Launched:
             WorkerError: ``fn`` raised on some rank (the pool stays usable).
 
         Example:
-            >>> pipe.run_on_workers("vae.enable_tiling")            # doctest: +SKIP
+            >>> pipe.run_on_workers("vae.enable_tiling")                 # doctest: +SKIP
             [None, None]
-            >>> pipe.run_on_workers(torch.distributed.get_rank)     # doctest: +SKIP
-            Traceback (most recent call last):
-            xcfg.WorkerError: ... (get_rank takes the pipeline as its first argument here)
+            >>> pipe.run_on_workers("transformer.config.num_layers")     # doctest: +SKIP
+            [2, 2]
         """
         if not (callable(fn) or isinstance(fn, str)):
             raise TypeError(f"run_on_workers needs a callable or a dotted attribute name, got {type(fn).__name__}")
@@ -297,6 +298,18 @@ def _devices(device: Any, nproc: int) -> list[torch.device]:
     elif kind != "cpu":
         raise SetupError(f"xcfg.launch: device type {kind!r} is not supported; use 'cuda' or 'cpu'")
     return devices
+
+
+def _check_options(options: dict[str, Any]) -> None:
+    from ._parallelize import parallelize
+
+    try:
+        inspect.signature(parallelize).bind(None, **options)
+    except TypeError as err:
+        raise SetupError(
+            f"xcfg.launch: the options are passed to xcfg.parallelize, which does not take them ({err}); "
+            f"launch's own keywords are nproc, timeout, backend, device and start_method"
+        ) from err
 
 
 def _threads_per_worker(devices: list[torch.device], nproc: int) -> int | None:
