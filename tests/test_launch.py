@@ -283,12 +283,14 @@ def test_a_worker_killed_mid_call_is_reported_and_the_pool_closes_itself(tmp_pat
     with pytest.raises(xcfg.LaunchError, match="closed"):
         proxy(**call_kwargs())
 
-    # a new pool starts and works
-    with xcfg.launch(make_pipe, nproc=2, device="cpu", start_method=START, timeout=120) as fresh:
-        out = fresh(**call_kwargs(), generator=torch.Generator().manual_seed(7)).frames
-        assert relative_error(out, reference[0]) < 1e-4
-        again = fresh.pids
-    assert_gone(again)
+    # a new pool starts and works; dropping the proxy stops its workers
+    fresh = xcfg.launch(make_pipe, nproc=2, device="cpu", start_method=START, timeout=120)
+    out = fresh(**call_kwargs(), generator=torch.Generator().manual_seed(7)).frames
+    assert relative_error(out, reference[0]) < 1e-4
+    pids = fresh.pids
+    del fresh
+    gc.collect()
+    assert_gone(pids)
 
 
 @pytest.mark.ranks
@@ -304,25 +306,30 @@ def test_a_silence_longer_than_the_timeout_closes_the_pool():
 
 
 @pytest.mark.ranks
-@pytest.mark.timeout(180)
-def test_close_restart_and_garbage_collection_leave_no_process_and_one_progress_bar(capfd):
-    first = xcfg.launch(make_pipe, nproc=2, device="cpu", start_method=START, timeout=120)
-    capfd.readouterr()
-    first(**call_kwargs())
-    err = capfd.readouterr().err
-    assert err.count(f" 0/{STEPS} [") == 1, err  # rank 0's bar, shown once, by this process
-    pids = first.pids
-    first.close()
-    first.close()  # idempotent
-    assert first.closed
+@pytest.mark.timeout(120)
+def test_close_from_another_thread_ends_a_waiting_call():
+    proxy = xcfg.launch(make_pipe, nproc=2, device="cpu", start_method=START, timeout=120)
+    pids = proxy.pids
+    closer = threading.Timer(1.0, proxy.close)
+    closer.start()
+    with pytest.raises(xcfg.LaunchError, match="closed"):
+        proxy.run_on_workers(sleep, 30)
+    closer.join()
     assert_gone(pids)
 
-    second = xcfg.launch(make_pipe, nproc=2, device="cpu", start_method=START, timeout=120)
-    pids = second.pids
-    assert second.run_on_workers(_pid) == pids
-    del second
-    gc.collect()
+
+@pytest.mark.ranks
+@pytest.mark.timeout(180)
+def test_the_with_form_and_close_leave_no_process_and_the_progress_bar_shows_once(capfd):
+    with xcfg.launch(make_pipe, nproc=2, device="cpu", start_method=START, timeout=120) as proxy:
+        capfd.readouterr()
+        proxy(**call_kwargs())
+        err = capfd.readouterr().err
+        assert err.count(f" 0/{STEPS} [") == 1, err  # rank 0's bar, shown once, by this process
+        pids = proxy.pids
+    assert proxy.closed
     assert_gone(pids)
+    proxy.close()  # idempotent
 
 
 def _pid(pipe):

@@ -546,6 +546,8 @@ class _Pool:
                     self._died(sentinels[item], doing)
 
     def _died(self, rank: int, doing: str) -> None:
+        if self.closed_reason is not None:  # close() from another thread stopped the workers under this call
+            raise LaunchError(f"xcfg.launch: the pool was closed ({self.closed_reason}) {doing}")
         process = self.context.processes[rank]
         process.join(5)
         detail = _exit_detail(process.exitcode, self.context.error_files[rank])
@@ -571,13 +573,20 @@ class _Pool:
                 return
             self.closed_reason = reason
         _live.discard(self)
-        close = pickle.dumps((0, "close"), protocol=_PROTOCOL)
-        for conn in self.conns:
-            with contextlib.suppress(Exception):
-                conn.send_bytes(close)
-                conn.send_bytes(b"")
+        # Idle workers are asked to leave. While another thread's call holds the pipes, a message could cut into
+        # that call's: the workers are busy anyway, so they are terminated at once.
+        idle = self.lock.acquire(blocking=False)
+        if idle:
+            try:
+                close = pickle.dumps((0, "close"), protocol=_PROTOCOL)
+                for conn in self.conns:
+                    with contextlib.suppress(Exception):
+                        conn.send_bytes(close)
+                        conn.send_bytes(b"")
+            finally:
+                self.lock.release()
         processes = self.context.processes
-        deadline = time.monotonic() + grace
+        deadline = time.monotonic() + (grace if idle else 0.0)
         for process in processes:
             process.join(max(0.0, deadline - time.monotonic()))
         for signal_step in ("terminate", "kill"):
