@@ -68,7 +68,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     device = "cpu" if args.cpu else "cuda"
     started = time.perf_counter()
-    pipe = xcfg.launch(functools.partial(make_pipe, args.example, args.size), nproc=2, device=device,
+    pipe = xcfg.launch(functools.partial(make_pipe, args.example, args.size), nproc=args.nproc, device=device,
                        start_method=args.start_method, timeout=args.timeout)
     start_s = time.perf_counter() - started
     try:
@@ -93,6 +93,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "example": args.example,
         "size": args.size,
         "device": device,
+        "nproc": args.nproc,
         "steps": args.steps,
         "output_type": args.output_type,
         "repeats": args.repeats,
@@ -122,7 +123,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 def table(r: dict[str, Any]) -> str:
     ms = 1000.0
     return "\n".join([
-        f"proxy cost, {r['example']} {r['size']} on 2 {r['device']} workers, {r['steps']} steps, "
+        f"proxy cost, {r['example']} {r['size']} on {r['nproc']} {r['device']} workers, {r['steps']} steps, "
         f"output_type={r['output_type']}, {r['repeats']} rounds",
         "| statistic | direct call | proxy call | proxy cost | empty round trip | output | arguments |",
         "|---|---|---|---|---|---|---|",
@@ -135,6 +136,7 @@ def table(r: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="benchmarks/proxy_cost.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--cpu", action="store_true", help="2 gloo CPU workers (default: 2 GPUs)")
+    p.add_argument("--nproc", type=int, default=2, help="workers (default: 2)")
     p.add_argument("--example", default="cogvideox", help="registered example (default: cogvideox)")
     p.add_argument("--size", default="tiny", choices=("tiny", "full"))
     p.add_argument("--steps", type=int, default=2, help="steps per call (default: 2)")
