@@ -80,6 +80,16 @@ def stall_on_rank_1(marker, pipe, step, timestep, callback_kwargs):
     return callback_kwargs
 
 
+def describe(pipe, values):
+    """What arrived in a worker: types, devices, and the first number each generator draws."""
+    image, tensor, generators = values["image"], values["nested"][0]["tensor"], values["generators"]
+    return {
+        "image": (type(image).__name__, image.size, image.getpixel((0, 0))),
+        "tensor": (tensor.device.type, tensor.tolist()),
+        "draws": [torch.rand(1, generator=g).item() for g in generators],
+    }
+
+
 def sleep(pipe, seconds):
     time.sleep(seconds)
 
@@ -163,6 +173,27 @@ def test_a_call_equals_one_process_and_each_worker_computes_half(pool, reference
     other = pool(**call_kwargs(), generator=torch.Generator().manual_seed(8)).frames
     assert torch.equal(again, out.frames) and not torch.equal(other, out.frames)
     assert pool.run_on_workers("transformer.config.num_layers") == [make_pipe().transformer.config.num_layers] * 2
+
+
+@pytest.mark.ranks
+@pytest.mark.timeout(120)
+def test_images_tensors_and_generators_arrive_alike_on_every_worker(pool):
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(11)
+    torch.rand(5, generator=generator)  # used: it still travels as its initial seed
+    values = {
+        "image": Image.new("RGB", (7, 5), (10, 20, 30)),
+        "nested": ({"tensor": torch.arange(3.0).requires_grad_()},),
+        "generators": [generator, torch.Generator().manual_seed(12)],
+    }
+    arrived = pool.run_on_workers(describe, values)
+    expected_draws = [torch.rand(1, generator=torch.Generator().manual_seed(s)).item() for s in (11, 12)]
+    assert arrived == [{
+        "image": ("Image", (7, 5), (10, 20, 30)),
+        "tensor": ("cpu", [0.0, 1.0, 2.0]),
+        "draws": expected_draws,
+    }] * 2
 
 
 @pytest.mark.ranks

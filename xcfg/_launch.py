@@ -551,6 +551,11 @@ class _Pool:
         process = self.context.processes[rank]
         process.join(5)
         detail = _exit_detail(process.exitcode, self.context.error_files[rank])
+        if doing == "while starting" and process.exitcode == 1 and "\n" not in detail:
+            detail += (
+                " before it could run (see its output above). If the calling script has no "
+                "`if __name__ == '__main__':` guard, a worker that imports it to find the factory runs it again"
+            )
         message = (
             f"xcfg.launch: worker rank {rank} (pid {process.pid}) died {doing}: {detail}. The pool is closed; "
             "start a new one with xcfg.launch(...)."
@@ -835,7 +840,7 @@ class _Worker:
                     value = found(*args, **kwargs) if callable(found) else found
                 else:
                     value = target(self.pipe, *args, **kwargs)
-                message = pickle.dumps(("done", call_id, self.rank, True, _to_cpu(value)), protocol=_PROTOCOL)
+                message = _pickled_answer(call_id, self.rank, _to_cpu(value))
             except BaseException as err:
                 message = pickle.dumps(("done", call_id, self.rank, False, _error_info(err)), protocol=_PROTOCOL)
             self.conn.send_bytes(message)
@@ -917,6 +922,15 @@ class _ForwardedBar:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _pickled_answer(call_id: int, rank: int, value: Any) -> bytes:
+    try:
+        return pickle.dumps(("done", call_id, rank, True, value), protocol=_PROTOCOL)
+    except Exception as err:
+        raise TypeError(
+            f"the result ({type(value).__name__}) cannot be sent back to the caller: {type(err).__name__}: {err}"
+        ) from err
 
 
 def _load_factory(data: bytes) -> Callable[[], Any]:
