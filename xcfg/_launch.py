@@ -232,10 +232,11 @@ class Launched:
         self._pool.bar_config.update(kwargs)
 
     def close(self) -> None:
-        """Stop the workers: idle ones leave by themselves, the rest are terminated. Idempotent.
+        """Stop the workers. Idempotent; no process is left behind.
 
-        Waits at most ``CLOSE_GRACE_S`` seconds for the workers to leave, then a few more for
-        termination; no process is left behind.
+        Idle workers are asked to leave and get ``CLOSE_GRACE_S`` seconds to do so; workers still busy
+        (a call from another thread, which then raises :class:`xcfg.LaunchError`) are terminated at once,
+        and any worker that outlasts its termination is killed.
         """
         self._finalizer.detach()
         self._pool.shutdown("closed by close()", CLOSE_GRACE_S)
