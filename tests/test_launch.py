@@ -351,12 +351,15 @@ def test_close_from_another_thread_ends_a_waiting_call():
 
 @pytest.mark.ranks
 @pytest.mark.timeout(180)
-def test_the_with_form_and_close_leave_no_process_and_the_progress_bar_shows_once(capfd):
-    with xcfg.launch(make_pipe, nproc=2, device="cpu", start_method=START, timeout=120) as proxy:
+def test_options_reach_parallelize_the_with_form_leaves_no_process_and_the_bar_shows_once(capfd):
+    # degree=1: CFG groups of one rank, so parallelize installs nothing and each worker computes whole batches
+    with xcfg.launch(make_pipe, nproc=2, device="cpu", start_method=START, timeout=120, degree=1) as proxy:
+        proxy.run_on_workers(count_batches)
         capfd.readouterr()
         proxy(**call_kwargs())
         err = capfd.readouterr().err
         assert err.count(f" 0/{STEPS} [") == 1, err  # rank 0's bar, shown once, by this process
+        assert proxy.run_on_workers(counted_batches) == [[2] * STEPS, [2] * STEPS]
         pids = proxy.pids
     assert proxy.closed
     assert_gone(pids)
