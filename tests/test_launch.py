@@ -2,10 +2,12 @@
 
 The workers are real processes started by ``torch.multiprocessing``; the pipeline is the tiny CogVideoX
 example (random weights, no download). What is checked: a proxy call equals a one-process run and each
-worker computed only its half of every CFG batch; an error on one worker comes back naming it and the pool
-stays usable; a worker killed in the middle of a call is reported and the pool closes itself; a silence
-longer than the timeout closes the pool; close, restart, the ``with`` form, garbage collection and the exit
-of the calling process leave no process behind (checked by PID in ``/proc``).
+worker computed only its half of every CFG batch; images, tensors and generators arrive alike on every
+worker; ``parallelize`` options reach the workers; an error on one worker comes back naming it and the pool
+stays usable, as it does after a Ctrl-C; bad input is refused before any process starts; a worker killed in
+the middle of a call is reported and the pool closes itself; a silence longer than the timeout, and close()
+from another thread, end a waiting call; close, restart, the ``with`` form, garbage collection and the exit
+(or death) of the calling process leave no process behind (checked by PID). The progress bar shows once.
 
 The pools start from a fork server (``start_method="forkserver"``) so that only the first one pays for
 importing torch and diffusers; ``spawn``, the default, is what the HTTP example's test runs.
