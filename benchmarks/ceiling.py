@@ -88,6 +88,9 @@ def main() -> int:
     args = parser.parse_args()
     if not torch.cuda.is_available():
         parser.error("needs a CUDA GPU")
+    from _worker import ensure_examples
+
+    ensure_examples(args.examples)
     card = torch.cuda.get_device_name(0)
     rows = []
     for name in args.examples:
