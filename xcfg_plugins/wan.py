@@ -33,7 +33,7 @@ is predicted exactly and the two calls of a step run on the two ranks at once. W
 The two-call style needs no ``batch_inputs``: nothing is split, each rank computes one whole call.
 
 ``AutoencoderKLWan``'s tiled decode (``pipe.vae.enable_tiling()``) is split across the CFG ranks: each rank
-decodes its share of the spatial tiles (``# -- vae`` below).
+decodes its share of the spatial tiles (the VAE section below).
 """
 
 from __future__ import annotations
