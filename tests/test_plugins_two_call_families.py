@@ -118,3 +118,35 @@ def test_ideogram4_two_denoisers_are_refused_with_the_reason():
     with pytest.raises(xcfg.UnsupportedPipelineError, match="two different models") as err:
         xcfg.parallelize(pipe)
     assert "one model per GPU" in str(err.value)
+
+
+def _hunyuan_video15_guider_stop_rank(rank: int, world: int) -> dict:
+    import torch
+    from diffusers.guiders import ClassifierFreeGuidance
+
+    from xcfg.testing import BatchCounter, relative_error
+
+    run = xcfg.build_example("hunyuan-video15", size="tiny")
+    run.pipe.guider = ClassifierFreeGuidance(guidance_scale=6.0, stop=0.5)  # CFG in the first half of the steps only
+
+    def call() -> tuple:
+        with BatchCounter(run.pipe.transformer) as counter:
+            out = run.pipe(**run.kwargs, output_type="pt", generator=torch.Generator().manual_seed(7)).frames
+        return out, len(counter.batches)
+
+    expected, single = call()
+    with xcfg.parallelize(run.pipe) as handle:
+        actual, calls = call()
+    return {"error": relative_error(actual, expected), "single": single, "calls": calls}
+
+
+@pytest.mark.ranks
+@pytest.mark.timeout(300)
+def test_hunyuan_video15_guider_stop_gives_single_call_steps_that_run_whole():
+    # 4 steps, the guider stops after step 2: 2 + 2 + 1 + 1 calls in one process; per rank both calls of step 1,
+    # one call in step 2 (its uncond call predicted), then one call per single-call step: equal output.
+    from xcfg.testing import run_ranks
+
+    for r in run_ranks(_hunyuan_video15_guider_stop_rank, timeout=240):
+        assert r["error"] < 1e-4, r
+        assert r["single"] == 6 and r["calls"] == 5, r
