@@ -28,11 +28,12 @@ def _vae(patch: bool) -> Any:
     from xcfg_plugins import wan
 
     config = dict(wan.CONFIGS["tiny"]["vae"])
-    if patch:  # Wan 2.2 TI2V's VAE packs 2x2 pixels into the channels
-        config.update(patch_size=2, in_channels=12, out_channels=12, is_residual=True)
+    if patch:  # Wan 2.2 TI2V's VAE packs 2x2 pixels into the channels: 16x spatial compression in all
+        config.update(patch_size=2, in_channels=12, out_channels=12, is_residual=True, scale_factor_spatial=16)
     torch.manual_seed(0)
     vae = diffusers.AutoencoderKLWan(**config).eval()
-    vae.enable_tiling(32, 32, 16, 16)
+    ratio = vae.spatial_compression_ratio
+    vae.enable_tiling(4 * ratio, 4 * ratio, 2 * ratio, 2 * ratio)  # latent tiles of 4x4, 2 apart
     return vae
 
 
