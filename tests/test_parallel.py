@@ -12,6 +12,8 @@ from toys import TOY_SPEC, ToyDenoiser, ToyPlugin, UnknownDenoiser, toy_inputs, 
 import xcfg
 from xcfg.testing import RanksFailed, check_example, relative_error, run_ranks
 
+pytestmark = pytest.mark.ranks
+
 
 @pytest.mark.parametrize("name", ["cogvideox", "sd3", "mochi"])
 def test_builtin_pipeline_equals_one_process_and_halves_the_batch(name):
@@ -97,7 +99,7 @@ def _refusal_rank(rank: int, world: int) -> dict:
 
     for label, pipe in (("flux", FluxPipe()), ("unknown", UnknownPipe())):
         try:
-            xcfg.parallelize(pipe)
+            xcfg.parallelize(pipe, infer=False)  # inference off: unknown models are refused
             outcomes[label] = "accepted"
         except xcfg.RefusedError as err:
             outcomes[label] = f"{type(err).__name__}: {err}"
@@ -105,7 +107,7 @@ def _refusal_rank(rank: int, world: int) -> dict:
     return outcomes
 
 
-def test_flux_and_unknown_models_are_refused_on_every_rank_before_any_collective():
+def test_flux_and_unknown_models_with_inference_off_are_refused_on_every_rank_before_any_collective():
     for result in run_ranks(_refusal_rank, timeout=120):
         assert result["flux"].startswith("NoCFGError") and "guidance-distilled" in result["flux"]
         assert result["unknown"].startswith("UnsupportedModelError") and "UnknownDenoiser" in result["unknown"]
@@ -266,6 +268,7 @@ def _incomplete_spec_rank(rank: int, world: int) -> str:
 def test_a_spec_missing_a_batch_argument_raises_instead_of_a_wrong_result():
     for message in run_ranks(_incomplete_spec_rank, timeout=120):
         assert "missing from the spec" in message, message
+        assert "encoder_hidden_states" in message, "the undeclared argument that carries the batch is named"
 
 
 def _bare_failure_rank(rank: int, world: int) -> str:

@@ -36,9 +36,9 @@ from ._group import CFGGroup, init_distributed
 from ._hookspecs import hookimpl
 from ._parallelize import Parallelized, parallelize
 from ._registry import Registered, Registry, default_registry
-from ._spec import BatchInput, CFGStyle, Example, ExampleRun, ModelSpec
-from ._vae import PMap, VAESpec, install_vae_split
-from ._wrapper import Wrapped, wrap_denoiser
+from ._hook import Wrapped, wrap_denoiser
+from ._spec import BatchInput, CFGStyle, Example, ExampleRun, ModelSpec, VAESpec
+from ._vae import PMap, install_vae_split
 
 __version__ = "0.1.0"
 

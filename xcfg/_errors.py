@@ -5,7 +5,7 @@ The hierarchy::
     XcfgError                      base of everything below
     ├── SpecError (ValueError)     a malformed model spec, caught when it is registered or installed
     ├── RefusedError               xcfg will not parallelize this pipeline; nothing was changed
-    │   ├── UnsupportedModelError  no plugin knows the denoiser's class
+    │   ├── UnsupportedModelError  no plugin knows the denoiser's class (inference off)
     │   ├── NoCFGError             the model has no uncond/cond pair to split (guidance-distilled)
     │   ├── UnsupportedPipelineError  the model is known, but this pipeline's calls cannot be split correctly
     │   └── SetupError             the set-up cannot work: world size, device, backend, applied twice
@@ -70,7 +70,7 @@ class RefusedError(XcfgError):
         >>> class Pipe:
         ...     transformer = torch.nn.Linear(2, 2)
         >>> try:
-        ...     xcfg.parallelize(Pipe())
+        ...     xcfg.parallelize(Pipe(), infer=False)   # no plugin names Linear, and inference is off
         ... except xcfg.RefusedError as err:
         ...     print(type(err).__name__)
         UnsupportedModelError

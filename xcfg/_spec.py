@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ._errors import SpecError
 
-__all__ = ["BatchInput", "CFGStyle", "Example", "ExampleRun", "ModelSpec"]
+__all__ = ["BatchInput", "CFGStyle", "Example", "ExampleRun", "ModelSpec", "VAESpec"]
 
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
@@ -209,6 +209,35 @@ class ModelSpec(_ClassSpec):
         elif self.style is not CFGStyle.NONE and self.no_cfg_reason is not None:
             raise ValueError("no_cfg_reason is only for style 'none' or with guidance_distilled")
         return self
+
+
+class VAESpec(_ClassSpec):
+    """What xcfg needs to split one VAE class's tiled decode across the CFG ranks. Frozen; validated.
+
+    A plugin registers it from its ``register_models`` hook, next to its :class:`xcfg.ModelSpec`.
+    :func:`xcfg.parallelize` finds the spec of ``pipe.vae``'s class (or its nearest base class with one)
+    and, when the CFG group has several ranks, spreads the tiles of every tiled decode across them.
+
+    Attributes:
+        model: the VAE class, or a lazy import path ``"package.module:ClassName"``. Subclasses match
+            too, unless they override ``tiled_decode`` (those decode as before, on every rank).
+        tiled_decode: ``tiled_decode(vae, z, pmap) -> Tensor | None``: the family's tiled decode of the
+            latent ``z``, the same tiles in the same way as ``vae.tiled_decode(z).sample``, with the
+            decoding of the tiles done through ``pmap`` (a :class:`xcfg.PMap`) and the blending after it.
+            It returns the decoded sample, or ``None`` where ``pmap`` returned ``None``.
+
+    Example:
+        >>> import torch, xcfg
+        >>> def tiled_decode(vae, z, pmap):
+        ...     tiles = list(z.split(4, dim=-1))
+        ...     decoded = pmap(vae.decoder, tiles)
+        ...     return None if decoded is None else torch.cat(decoded, dim=-1)
+        >>> spec = xcfg.VAESpec(model="diffusers:AutoencoderKL", tiled_decode=tiled_decode)
+        >>> spec.name
+        'AutoencoderKL'
+    """
+
+    tiled_decode: Callable[..., Any]
 
 
 def _describe(err: ValidationError, kind: str, subject: Any) -> str:
