@@ -3,7 +3,8 @@
 - The IP-Adapter's image embeddings (``added_cond_kwargs["image_embeds"]``, a list) reach the image
   projection split: batch 1 on each rank, and the embeddings change the image (the path is live).
 - The ControlNet spec splits a bare ``ControlNetModel`` with SDXL conditioning: each rank computes
-  batch 1, and the gathered residuals equal the whole model's.
+  batch 1, and the gathered residuals equal the whole model's; in the SDXL ControlNet pipeline the
+  ControlNet computes batch 1 per rank too (the examples count the UNet only).
 - LTX-2's audio stream is split with the video stream, and the audio output equals one process (the
   examples compare the video only); the STG and modality-isolation passes (batch 1) run whole.
 """
@@ -72,21 +73,35 @@ def _controlnet_rank(rank: int, world: int) -> dict:
             down_split, mid_split = controlnet(sample, timestep, **inputs)
     finally:
         handle.remove()
+    # in the pipeline, parallelize wraps the ControlNet beside the UNet: both compute half the batch
+    kwargs = {**run.kwargs, "num_inference_steps": 2, "output_type": "pt"}
+    with BatchCounter(controlnet) as whole:
+        expected = run.pipe(**kwargs, generator=torch.Generator().manual_seed(7)).images
+    handle = xcfg.parallelize(run.pipe)
+    try:
+        with BatchCounter(controlnet) as split:
+            actual = run.pipe(**kwargs, generator=torch.Generator().manual_seed(7)).images
+    finally:
+        handle.remove()
     return {
         "errors": [relative_error(a, b) for a, b in zip((*down_split, mid_split), (*down, mid))],
         "shapes": [tuple(t.shape) for t in (*down_split, mid_split)],
         "norm": float(mid.norm()),
         "batches": counter.batches,
+        "pipeline_error": relative_error(actual, expected),
+        "pipeline_batches": (whole.batches, split.batches),
     }
 
 
 @pytest.mark.ranks
-def test_controlnet_spec_splits_the_controlnet():
+def test_controlnet_spec_splits_the_controlnet_alone_and_in_the_pipeline():
     for result in run_ranks(_controlnet_rank, timeout=180):
         assert result["batches"] == [1], result
         assert result["norm"] > 0, result  # the example randomizes the zero-initialized output convolutions
         assert all(shape[0] == 2 for shape in result["shapes"]), result  # every residual gathered back to 2
         assert all(e < 1e-5 for e in result["errors"]), result
+        assert result["pipeline_error"] < 1e-4, result
+        assert result["pipeline_batches"] == ([2, 2], [1, 1]), result
 
 
 def _ltx2_audio_rank(rank: int, world: int) -> dict:
