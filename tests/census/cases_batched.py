@@ -1,0 +1,319 @@
+"""Census cases for the batched-CFG pipelines (one denoiser call per step on the [uncond, cond] batch).
+
+Each ``build()`` makes a tiny fp32 CPU pipeline from configs with seeded random weights and returns it
+with the call's keyword arguments: prompt embeddings instead of prompts (no tokenizer, no download),
+2 steps, CFG on. The comment above each case names the forward arguments that carry the CFG batch in
+that pipeline's denoiser call: what a plugin would declare, and what the inferred mode should find.
+Sizes that work were taken as facts from diffusers' own tests (``tests/pipelines/<family>/``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from census.case import Case
+
+SEED = 0
+
+
+def _build(make: Any) -> Any:
+    """``make()`` under a fixed seed in fp32 on the CPU, every module in eval mode, the caller's RNG kept."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        pipe = make()
+    for component in getattr(pipe, "components", {}).values():
+        if isinstance(component, torch.nn.Module):
+            component.eval()
+    if hasattr(pipe, "set_progress_bar_config"):
+        pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _randn(*shape: int, seed: int = 1) -> torch.Tensor:
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _embeds(length: int, width: int, *, mask: str | None = None, **names: str) -> dict[str, torch.Tensor]:
+    """Random positive and negative prompt embeddings (1, length, width), and all-ones masks if ``mask``
+    names the mask arguments as ``"prompt_attention_mask,negative_prompt_attention_mask"``."""
+    positive, negative = names.get("positive", "prompt_embeds"), names.get("negative", "negative_prompt_embeds")
+    found = {positive: _randn(1, length, width, seed=1), negative: _randn(1, length, width, seed=2)}
+    if mask:
+        for name in mask.split(","):
+            found[name] = torch.ones(1, length)
+    return found
+
+
+def _tiny_vae(**overrides: Any) -> Any:
+    from diffusers import AutoencoderKL
+
+    config = dict(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), latent_channels=4, layers_per_block=1,
+        norm_num_groups=2,
+    )
+    return AutoencoderKL(**{**config, **overrides})
+
+
+def _wan_vae() -> Any:
+    from diffusers import AutoencoderKLWan
+
+    return AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                            temperal_downsample=[False, True, True])
+
+
+# -- DiT: hidden_states, timestep, class_labels ([cond, null] order; learned sigma split on channels) ------
+def dit() -> tuple[Any, dict[str, Any]]:
+    from diffusers import DDIMScheduler, DiTPipeline, DiTTransformer2DModel
+
+    pipe = _build(lambda: DiTPipeline(
+        transformer=DiTTransformer2DModel(
+            sample_size=8, num_layers=2, patch_size=2, attention_head_dim=8, num_attention_heads=2, in_channels=4,
+            out_channels=8, norm_num_groups=2,
+        ),
+        vae=_tiny_vae(),
+        scheduler=DDIMScheduler(),
+    ))
+    return pipe, dict(class_labels=[1], guidance_scale=4.0, num_inference_steps=2)
+
+
+# -- Latte: hidden_states, timestep, encoder_hidden_states (encoder_attention_mask where given) -------------
+def latte() -> tuple[Any, dict[str, Any]]:
+    from diffusers import DDIMScheduler, LattePipeline, LatteTransformer3DModel
+
+    pipe = _build(lambda: LattePipeline(
+        tokenizer=None, text_encoder=None,
+        transformer=LatteTransformer3DModel(
+            sample_size=8, num_layers=1, patch_size=2, attention_head_dim=8, num_attention_heads=2, caption_channels=16,
+            in_channels=4, cross_attention_dim=16, out_channels=8, attention_bias=True, activation_fn="gelu-approximate",
+            num_embeds_ada_norm=1000, norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6,
+            video_length=2,
+        ),
+        vae=_tiny_vae(), scheduler=DDIMScheduler(),
+    ))
+    return pipe, dict(height=16, width=16, video_length=2, guidance_scale=5.0, num_inference_steps=2,
+                      clean_caption=False, mask_feature=False, negative_prompt=None, **_embeds(6, 16))
+
+
+# -- Lumina-Next: hidden_states, timestep, encoder_hidden_states, encoder_mask ([cond, uncond] order);
+#    image_rotary_emb is shared ------------------------------------------------------------------------------
+def lumina() -> tuple[Any, dict[str, Any]]:
+    from diffusers import FlowMatchEulerDiscreteScheduler, LuminaNextDiT2DModel, LuminaPipeline
+
+    pipe = _build(lambda: LuminaPipeline(
+        transformer=LuminaNextDiT2DModel(
+            sample_size=8, patch_size=2, in_channels=4, hidden_size=16, num_layers=2, num_attention_heads=2,
+            num_kv_heads=2, multiple_of=16, learn_sigma=True, qk_norm=True, cross_attention_dim=8,
+        ),
+        scheduler=FlowMatchEulerDiscreteScheduler(), vae=_tiny_vae(), text_encoder=None, tokenizer=None,
+    ))
+    return pipe, dict(height=16, width=16, guidance_scale=4.0, num_inference_steps=2,
+                      **_embeds(6, 8, mask="prompt_attention_mask,negative_prompt_attention_mask"))
+
+
+# -- Kandinsky 3: sample, timestep, encoder_hidden_states, encoder_attention_mask ---------------------------
+def kandinsky3() -> tuple[Any, dict[str, Any]]:
+    from diffusers import DDPMScheduler, Kandinsky3Pipeline, Kandinsky3UNet, VQModel
+
+    pipe = _build(lambda: Kandinsky3Pipeline(
+        tokenizer=None, text_encoder=None,
+        unet=Kandinsky3UNet(
+            in_channels=4, time_embedding_dim=4, groups=2, attention_head_dim=4, layers_per_block=3,
+            block_out_channels=(32, 64), cross_attention_dim=4, encoder_hid_dim=16,
+        ),
+        scheduler=DDPMScheduler(beta_schedule="squaredcos_cap_v2", steps_offset=1, clip_sample=True),
+        movq=VQModel(
+            block_out_channels=[32, 64], down_block_types=["DownEncoderBlock2D", "AttnDownEncoderBlock2D"],
+            in_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8, norm_type="spatial",
+            num_vq_embeddings=12, out_channels=3, up_block_types=["AttnUpDecoderBlock2D", "UpDecoderBlock2D"],
+            vq_embed_dim=4,
+        ),
+    ))
+    return pipe, dict(height=16, width=16, guidance_scale=3.0, num_inference_steps=2,
+                      **_embeds(6, 16, mask="attention_mask,negative_attention_mask"))
+
+
+# -- PRX: hidden_states, timestep, encoder_hidden_states, attention_mask ------------------------------------
+def prx() -> tuple[Any, dict[str, Any]]:
+    from diffusers import FlowMatchEulerDiscreteScheduler, PRXPipeline, PRXTransformer2DModel
+
+    pipe = _build(lambda: PRXPipeline(
+        transformer=PRXTransformer2DModel(
+            patch_size=1, in_channels=4, context_in_dim=8, hidden_size=8, mlp_ratio=2.0, num_heads=2, depth=1,
+            axes_dim=[2, 2],
+        ),
+        scheduler=FlowMatchEulerDiscreteScheduler(), text_encoder=None, tokenizer=None,
+        vae=_tiny_vae(block_out_channels=(4,), down_block_types=("DownEncoderBlock2D",),
+                      up_block_types=("UpDecoderBlock2D",), norm_num_groups=1, use_quant_conv=False,
+                      use_post_quant_conv=False, shift_factor=0.0, scaling_factor=1.0),
+    ))
+    return pipe, dict(height=8, width=8, guidance_scale=4.0, num_inference_steps=2, use_resolution_binning=False,
+                      **_embeds(6, 8, mask="prompt_attention_mask,negative_prompt_attention_mask"))
+
+
+# -- CogView3-Plus: hidden_states, encoder_hidden_states, timestep, original_size, target_size, crop_coords --
+def cogview3plus() -> tuple[Any, dict[str, Any]]:
+    from diffusers import CogVideoXDDIMScheduler, CogView3PlusPipeline, CogView3PlusTransformer2DModel
+
+    pipe = _build(lambda: CogView3PlusPipeline(
+        tokenizer=None, text_encoder=None, vae=_tiny_vae(),
+        transformer=CogView3PlusTransformer2DModel(
+            patch_size=2, in_channels=4, num_layers=1, attention_head_dim=4, num_attention_heads=2, out_channels=4,
+            text_embed_dim=16, time_embed_dim=8, condition_dim=2, pos_embed_max_size=8, sample_size=8,
+        ),
+        scheduler=CogVideoXDDIMScheduler(),
+    ))
+    return pipe, dict(height=16, width=16, guidance_scale=6.0, num_inference_steps=2, **_embeds(6, 16))
+
+
+# -- Kolors: the SDXL UNet (plugin unet): sample, encoder_hidden_states, added_cond_kwargs text_embeds and
+#    time_ids. KolorsPipeline is exported only with sentencepiece installed (its ChatGLM tokenizer); the
+#    class itself imports without it ---------------------------------------------------------------------
+def kolors() -> tuple[Any, dict[str, Any]]:
+    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
+    from diffusers.pipelines.kolors.pipeline_kolors import KolorsPipeline
+
+    pipe = _build(lambda: KolorsPipeline(
+        vae=_tiny_vae(), text_encoder=None, tokenizer=None,
+        unet=UNet2DConditionModel(
+            block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+            addition_time_embed_dim=4, transformer_layers_per_block=(1, 1), projection_class_embeddings_input_dim=8 + 24,
+            cross_attention_dim=16, norm_num_groups=4,
+        ),
+        scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, steps_offset=1,
+                                         beta_schedule="scaled_linear", timestep_spacing="leading"),
+        image_encoder=None, feature_extractor=None,
+    ))
+    pooled = {"pooled_prompt_embeds": _randn(1, 8, seed=3), "negative_pooled_prompt_embeds": _randn(1, 8, seed=4)}
+    return pipe, dict(height=16, width=16, guidance_scale=5.0, num_inference_steps=2, **_embeds(6, 16), **pooled)
+
+
+# -- AnimateDiff (UNetMotionModel): sample (2B, C, F, H, W), timestep, encoder_hidden_states (added_cond_kwargs
+#    and ControlNet residuals in its SDXL / ControlNet variants) ---------------------------------------------
+def animatediff() -> tuple[Any, dict[str, Any]]:
+    from diffusers import AnimateDiffPipeline, DDIMScheduler, MotionAdapter, UNet2DConditionModel
+
+    channels = (8, 8)
+    pipe = _build(lambda: AnimateDiffPipeline(
+        vae=_tiny_vae(block_out_channels=channels), text_encoder=None, tokenizer=None,
+        unet=UNet2DConditionModel(
+            block_out_channels=channels, layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=8, norm_num_groups=2,
+        ),
+        motion_adapter=MotionAdapter(block_out_channels=channels, motion_layers_per_block=1, motion_norm_num_groups=2,
+                                     motion_num_attention_heads=2),
+        scheduler=DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="linear", clip_sample=False),
+        feature_extractor=None, image_encoder=None,
+    ))
+    return pipe, dict(height=16, width=16, num_frames=2, guidance_scale=7.5, num_inference_steps=2, **_embeds(6, 8))
+
+
+# -- Stable Video Diffusion (UNetSpatioTemporalConditionModel): sample, encoder_hidden_states (the CLIP image
+#    embedding, zeros for uncond), added_time_ids; timestep is one value -------------------------------------
+def svd() -> tuple[Any, dict[str, Any]]:
+    from diffusers import (
+        AutoencoderKLTemporalDecoder,
+        EulerDiscreteScheduler,
+        StableVideoDiffusionPipeline,
+        UNetSpatioTemporalConditionModel,
+    )
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    pipe = _build(lambda: StableVideoDiffusionPipeline(
+        vae=AutoencoderKLTemporalDecoder(block_out_channels=[32, 64], in_channels=3, out_channels=3,
+                                         down_block_types=["DownEncoderBlock2D"] * 2, latent_channels=4,
+                                         layers_per_block=1),
+        image_encoder=CLIPVisionModelWithProjection(CLIPVisionConfig(
+            hidden_size=16, projection_dim=16, num_hidden_layers=1, num_attention_heads=2, image_size=16,
+            intermediate_size=16, patch_size=4,
+        )),
+        unet=UNetSpatioTemporalConditionModel(
+            block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=8, out_channels=4,
+            down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
+            up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"), cross_attention_dim=16,
+            num_attention_heads=2, projection_class_embeddings_input_dim=3 * 8, addition_time_embed_dim=8,
+        ),
+        scheduler=EulerDiscreteScheduler(
+            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", interpolation_type="linear",
+            prediction_type="v_prediction", sigma_max=700.0, sigma_min=0.002, steps_offset=1,
+            timestep_spacing="leading", timestep_type="continuous", use_karras_sigmas=True,
+        ),
+        feature_extractor=CLIPImageProcessor(crop_size=16, size=16),
+    ))
+    image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    return pipe, dict(image=image, height=16, width=16, num_frames=2, min_guidance_scale=1.0, max_guidance_scale=2.5,
+                      num_inference_steps=2, decode_chunk_size=2)
+
+
+# -- Sana-Video: hidden_states, encoder_hidden_states, encoder_attention_mask, timestep ---------------------
+def sana_video() -> tuple[Any, dict[str, Any]]:
+    from diffusers import DPMSolverMultistepScheduler, SanaVideoPipeline, SanaVideoTransformer3DModel
+
+    pipe = _build(lambda: SanaVideoPipeline(
+        tokenizer=None, text_encoder=None, vae=_wan_vae(), scheduler=DPMSolverMultistepScheduler(),
+        transformer=SanaVideoTransformer3DModel(
+            in_channels=16, out_channels=16, num_attention_heads=2, attention_head_dim=12, num_layers=2,
+            num_cross_attention_heads=2, cross_attention_head_dim=12, cross_attention_dim=24, caption_channels=8,
+            mlp_ratio=2.5, sample_size=8, patch_size=(1, 2, 2), norm_elementwise_affine=False, norm_eps=1e-6,
+            qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+        ),
+    ))
+    return pipe, dict(height=32, width=32, frames=9, guidance_scale=6.0, num_inference_steps=2,
+                      complex_human_instruction=[], use_resolution_binning=False, negative_prompt=None,
+                      **_embeds(6, 8, mask="prompt_attention_mask,negative_prompt_attention_mask"))
+
+
+# -- AnyFlow: hidden_states, timestep and r_timestep ([2B, frames]), encoder_hidden_states ------------------
+def anyflow() -> tuple[Any, dict[str, Any]]:
+    from diffusers import AnyFlowPipeline, AnyFlowTransformer3DModel, FlowMapEulerDiscreteScheduler
+
+    pipe = _build(lambda: AnyFlowPipeline(
+        tokenizer=None, text_encoder=None, vae=_wan_vae(),
+        scheduler=FlowMapEulerDiscreteScheduler(num_train_timesteps=1000, shift=5.0),
+        transformer=AnyFlowTransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
+            text_dim=16, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True, rope_max_seq_len=32,
+            gate_value=0.25, deltatime_type="r",
+        ),
+    ))
+    return pipe, dict(height=16, width=16, num_frames=9, guidance_scale=6.0, num_inference_steps=2, **_embeds(6, 16))
+
+
+# -- Bria: hidden_states, encoder_hidden_states, timestep; txt_ids / img_ids are shared ------------------
+def bria() -> tuple[Any, dict[str, Any]]:
+    from diffusers import BriaPipeline, BriaTransformer2DModel, FlowMatchEulerDiscreteScheduler
+
+    pipe = _build(lambda: BriaPipeline(
+        transformer=BriaTransformer2DModel(
+            patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=8, num_attention_heads=2,
+            joint_attention_dim=16, pooled_projection_dim=None, axes_dims_rope=[0, 4, 4],
+        ),
+        scheduler=FlowMatchEulerDiscreteScheduler(), text_encoder=None, tokenizer=None,
+        vae=_tiny_vae(block_out_channels=(8,), down_block_types=("DownEncoderBlock2D",),
+                      up_block_types=("UpDecoderBlock2D",), shift_factor=0, scaling_factor=0.13025),
+        image_encoder=None, feature_extractor=None,
+    ))
+    return pipe, dict(height=16, width=16, guidance_scale=5.0, num_inference_steps=2, max_sequence_length=6,
+                      **_embeds(6, 16))
+
+
+
+CASES = [
+    Case(pipeline="DiTPipeline", build=dit, note="[cond, null] order"),
+    Case(pipeline="LattePipeline", build=latte, output="frames"),
+    Case(pipeline="LuminaPipeline", build=lumina, note="[cond, uncond] order"),
+    Case(pipeline="Kandinsky3Pipeline", build=kandinsky3),
+    Case(pipeline="PRXPipeline", build=prx),
+    Case(pipeline="CogView3PlusPipeline", build=cogview3plus),
+    Case(pipeline="KolorsPipeline", build=kolors, note="UNet2DConditionModel (plugin unet), SDXL conditioning"),
+    Case(pipeline="AnimateDiffPipeline", build=animatediff, output="frames"),
+    Case(pipeline="StableVideoDiffusionPipeline", build=svd, output="frames"),
+    Case(pipeline="SanaVideoPipeline", build=sana_video, output="frames"),
+    Case(pipeline="AnyFlowPipeline", build=anyflow, output="frames"),
+    Case(pipeline="BriaPipeline", build=bria),
+]
