@@ -303,6 +303,118 @@ def bria() -> tuple[Any, dict[str, Any]]:
 
 
 
+# -- EasyAnimate: hidden_states, timestep, encoder_hidden_states (control_latents / inpaint_latents in its
+#    control and inpaint pipelines) ---------------------------------------------------------------------------
+def easyanimate() -> tuple[Any, dict[str, Any]]:
+    from diffusers import (
+        AutoencoderKLMagvit,
+        EasyAnimatePipeline,
+        EasyAnimateTransformer3DModel,
+        FlowMatchEulerDiscreteScheduler,
+    )
+
+    pipe = _build(lambda: EasyAnimatePipeline(
+        vae=AutoencoderKLMagvit(
+            in_channels=3, out_channels=3,
+            down_block_types=("SpatialDownBlock3D",) + ("SpatialTemporalDownBlock3D",) * 3,
+            up_block_types=("SpatialUpBlock3D",) + ("SpatialTemporalUpBlock3D",) * 3,
+            block_out_channels=(8, 8, 8, 8), latent_channels=4, layers_per_block=1, norm_num_groups=2,
+            spatial_group_norm=False,
+        ),
+        text_encoder=None, tokenizer=None, scheduler=FlowMatchEulerDiscreteScheduler(),
+        transformer=EasyAnimateTransformer3DModel(
+            num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4, time_embed_dim=2,
+            text_embed_dim=16, num_layers=1, sample_width=16, sample_height=16, patch_size=2,
+        ),
+    ))
+    return pipe, dict(height=16, width=16, num_frames=5, guidance_scale=6.0, num_inference_steps=2,
+                      **_embeds(6, 16, mask="prompt_attention_mask,negative_prompt_attention_mask"))
+
+
+# -- ConsisID: hidden_states, encoder_hidden_states, timestep; id_vit_hidden (a list) and id_cond stay at batch
+#    B (they broadcast), so they are not batch inputs. ConsisIDPipeline is exported only with OpenCV installed
+#    (its keypoint drawing); the class itself imports without it --------------------------------------------
+def consisid() -> tuple[Any, dict[str, Any]]:
+    from diffusers import AutoencoderKLCogVideoX, ConsisIDTransformer3DModel, DDIMScheduler
+    from diffusers.pipelines.consisid.pipeline_consisid import ConsisIDPipeline
+
+    pipe = _build(lambda: ConsisIDPipeline(
+        tokenizer=None, text_encoder=None, scheduler=DDIMScheduler(),
+        vae=AutoencoderKLCogVideoX(
+            in_channels=3, out_channels=3, down_block_types=("CogVideoXDownBlock3D",) * 4,
+            up_block_types=("CogVideoXUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8), latent_channels=4,
+            layers_per_block=1, norm_num_groups=2, temporal_compression_ratio=4,
+        ),
+        transformer=ConsisIDTransformer3DModel(
+            num_attention_heads=2, attention_head_dim=16, in_channels=8, out_channels=4, time_embed_dim=2,
+            text_embed_dim=16, num_layers=1, sample_width=2, sample_height=2, sample_frames=9, patch_size=2,
+            temporal_compression_ratio=4, max_text_seq_length=6, use_rotary_positional_embeddings=True,
+            use_learned_positional_embeddings=True, cross_attn_interval=1, is_kps=False, is_train_face=True,
+            cross_attn_dim_head=1, cross_attn_num_heads=1, LFE_id_dim=2, LFE_vit_dim=2, LFE_depth=5, LFE_dim_head=8,
+            LFE_num_heads=2, LFE_num_id_token=1, LFE_num_querie=1, LFE_output_dim=21, LFE_ff_mult=1, LFE_num_scale=1,
+        ),
+    ))
+    image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    return pipe, dict(image=image, height=16, width=16, num_frames=8, guidance_scale=6.0, num_inference_steps=2,
+                      max_sequence_length=6, id_vit_hidden=[_randn(1, 2, 2, seed=6)], id_cond=_randn(1, 2, seed=7),
+                      **_embeds(6, 16))
+
+
+# -- AudioLDM 2: sample, encoder_hidden_states (the GPT-2 generated embeddings), encoder_hidden_states_1 (T5),
+#    encoder_attention_mask_1; timestep is one value ---------------------------------------------------------
+def audioldm2() -> tuple[Any, dict[str, Any]]:
+    from diffusers import AudioLDM2Pipeline, AudioLDM2UNet2DConditionModel, DDIMScheduler
+    from transformers import GPT2Config, GPT2LMHeadModel, SpeechT5HifiGan, SpeechT5HifiGanConfig, T5Config, T5EncoderModel
+
+    pipe = _build(lambda: AudioLDM2Pipeline(
+        vae=_tiny_vae(in_channels=1, out_channels=1, block_out_channels=(8, 16), norm_num_groups=8),
+        # the pipeline reads the T5 encoder's config and the language model's dtype, never runs them here
+        text_encoder=None,
+        text_encoder_2=T5EncoderModel(T5Config(vocab_size=32, d_model=16, d_ff=16, d_kv=8, num_heads=1, num_layers=1)),
+        language_model=GPT2LMHeadModel(GPT2Config(n_embd=8, n_head=1, n_layer=1, vocab_size=32, n_positions=16)),
+        projection_model=None, tokenizer=None, tokenizer_2=None, feature_extractor=None,
+        unet=AudioLDM2UNet2DConditionModel(
+            block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=8, sample_size=32, in_channels=4,
+            out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=(8, 16),
+        ),
+        scheduler=DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                                set_alpha_to_one=False),
+        vocoder=SpeechT5HifiGan(SpeechT5HifiGanConfig(
+            model_in_dim=8, sampling_rate=16000, upsample_initial_channel=16, upsample_rates=[2, 2],
+            upsample_kernel_sizes=[4, 4], resblock_kernel_sizes=[3, 7], resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5]],
+            normalize_before=False,
+        )),
+    ))
+    generated = {"generated_prompt_embeds": _randn(1, 6, 16, seed=3), "negative_generated_prompt_embeds": _randn(1, 6, 16, seed=4)}
+    return pipe, dict(guidance_scale=6.0, num_inference_steps=2, audio_length_in_s=0.1, **generated,
+                      **_embeds(6, 16, mask="attention_mask,negative_attention_mask"))
+
+
+# -- Stable Cascade prior (StableCascadeUNet, [cond, uncond] order): sample, timestep_ratio, clip_text_pooled,
+#    clip_text, clip_img ------------------------------------------------------------------------------------
+def stable_cascade_prior() -> tuple[Any, dict[str, Any]]:
+    from diffusers import DDPMWuerstchenScheduler, StableCascadePriorPipeline, StableCascadeUNet
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    pipe = _build(lambda: StableCascadePriorPipeline(
+        tokenizer=None,  # the pipeline reads the text encoder's dtype, never runs it here
+        text_encoder=CLIPTextModelWithProjection(CLIPTextConfig(
+            hidden_size=16, intermediate_size=16, num_attention_heads=2, num_hidden_layers=1, vocab_size=32,
+            projection_dim=16,
+        )), scheduler=DDPMWuerstchenScheduler(), feature_extractor=None,
+        image_encoder=None,
+        prior=StableCascadeUNet(
+            conditioning_dim=32, block_out_channels=(32, 32), num_attention_heads=(2, 2),
+            down_num_layers_per_block=(1, 1), up_num_layers_per_block=(1, 1), switch_level=(False,),
+            clip_image_in_channels=16, clip_text_in_channels=16, clip_text_pooled_in_channels=16, dropout=(0.0, 0.0),
+        ),
+    ))
+    pooled = {"prompt_embeds_pooled": _randn(1, 1, 16, seed=3), "negative_prompt_embeds_pooled": _randn(1, 1, 16, seed=4)}
+    return pipe, dict(height=64, width=64, guidance_scale=4.0, num_inference_steps=2, **pooled, **_embeds(6, 16))
+
+
+
 CASES = [
     Case(pipeline="DiTPipeline", build=dit, note="[cond, null] order"),
     Case(pipeline="LattePipeline", build=latte, output="frames"),
@@ -316,4 +428,9 @@ CASES = [
     Case(pipeline="SanaVideoPipeline", build=sana_video, output="frames"),
     Case(pipeline="AnyFlowPipeline", build=anyflow, output="frames"),
     Case(pipeline="BriaPipeline", build=bria),
+    Case(pipeline="EasyAnimatePipeline", build=easyanimate, output="frames"),
+    Case(pipeline="ConsisIDPipeline", build=consisid, output="frames", note="id_vit_hidden / id_cond broadcast"),
+    Case(pipeline="AudioLDM2Pipeline", build=audioldm2, output="audios"),
+    Case(pipeline="StableCascadePriorPipeline", build=stable_cascade_prior, output="image_embeddings",
+         note="[cond, uncond] order"),
 ]
