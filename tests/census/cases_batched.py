@@ -415,6 +415,68 @@ def stable_cascade_prior() -> tuple[Any, dict[str, Any]]:
 
 
 
+# -- Stable Audio 3: hidden_states, timestep (2B,), encoder_hidden_states, encoder_attention_mask,
+#    global_hidden_states ------------------------------------------------------------------------------------
+def stable_audio3() -> tuple[Any, dict[str, Any]]:
+    from diffusers import AutoencoderSAME, FlowMatchEulerDiscreteScheduler, StableAudio3DiTModel, StableAudio3Pipeline
+    from diffusers.pipelines.stable_audio_3.modeling_stable_audio_3 import StableAudio3DurationEmbedder
+
+    pipe = _build(lambda: StableAudio3Pipeline(
+        vae=AutoencoderSAME(
+            audio_channels=2, patch_size=2, encoder_channels=8, encoder_c_mults=(2,), encoder_strides=(2,),
+            encoder_transformer_depths=(1,), latent_dim=8, use_differential_attention=False, dim_heads=4, ff_mult=2,
+            sampling_rate=16,
+        ),
+        text_encoder=None, tokenizer=None,
+        duration_embedder=StableAudio3DurationEmbedder(output_dim=16, fourier_dim=16),
+        transformer=StableAudio3DiTModel(
+            io_channels=8, patch_size=1, embed_dim=32, depth=2, num_heads=4, cond_token_dim=16, global_cond_dim=16,
+            local_add_cond_dim=5, timestep_features_dim=16, ff_mult=2, num_memory_tokens=3,
+            use_differential_attention=False,
+        ),
+        scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1, shift=1.0, stochastic_sampling=False),
+    ))
+    return pipe, dict(duration=1.0, guidance_scale=5.0, num_inference_steps=2,
+                      **_embeds(6, 16, mask="encoder_attention_mask,negative_encoder_attention_mask"))
+
+
+# -- ERNIE-Image: hidden_states, timestep, text_bth (the padded [uncond, cond] text states), text_lens --------
+def ernie_image() -> tuple[Any, dict[str, Any]]:
+    from diffusers import AutoencoderKLFlux2, ErnieImagePipeline, ErnieImageTransformer2DModel, FlowMatchEulerDiscreteScheduler
+
+    pipe = _build(lambda: ErnieImagePipeline(
+        transformer=ErnieImageTransformer2DModel(
+            hidden_size=16, num_attention_heads=1, num_layers=1, ffn_hidden_size=16, in_channels=16, out_channels=16,
+            patch_size=1, text_in_dim=16, rope_theta=256, rope_axes_dim=(8, 4, 4), eps=1e-6, qk_layernorm=True,
+        ),
+        vae=AutoencoderKLFlux2(block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
+                               up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, latent_channels=4, norm_num_groups=2,
+                               use_quant_conv=False, use_post_quant_conv=False),
+        text_encoder=None, tokenizer=None, scheduler=FlowMatchEulerDiscreteScheduler(),
+    ))
+    # the prompt embeddings are lists of per-prompt (length, width) states, of different lengths
+    return pipe, dict(height=16, width=16, guidance_scale=4.0, num_inference_steps=2, use_pe=False,
+                      prompt_embeds=[_randn(6, 16, seed=1)], negative_prompt_embeds=[_randn(4, 16, seed=2)])
+
+
+# -- AnyFlow FAR (autoregressive chunks with a KV cache): hidden_states, timestep / r_timestep, encoder_hidden_states;
+#    the cache is filled per chunk, so a rank's cache holds only its half of the batch ------------------------
+def anyflow_far() -> tuple[Any, dict[str, Any]]:
+    from diffusers import AnyFlowFARPipeline, AnyFlowFARTransformer3DModel, FlowMapEulerDiscreteScheduler
+
+    pipe = _build(lambda: AnyFlowFARPipeline(
+        tokenizer=None, text_encoder=None, vae=_wan_vae(),
+        scheduler=FlowMapEulerDiscreteScheduler(num_train_timesteps=1000, shift=5.0),
+        transformer=AnyFlowFARTransformer3DModel(
+            patch_size=(1, 2, 2), compressed_patch_size=(1, 4, 4), full_chunk_limit=3, num_attention_heads=2,
+            attention_head_dim=12, in_channels=16, out_channels=16, text_dim=16, freq_dim=256, ffn_dim=32, num_layers=2,
+            cross_attn_norm=True, rope_max_seq_len=32, gate_value=0.25, deltatime_type="r", chunk_partition=(1, 1, 1),
+        ),
+    ))
+    return pipe, dict(height=16, width=16, num_frames=9, guidance_scale=6.0, num_inference_steps=2, **_embeds(6, 16))
+
+
+
 CASES = [
     Case(pipeline="DiTPipeline", build=dit, note="[cond, null] order"),
     Case(pipeline="LattePipeline", build=latte, output="frames"),
@@ -433,4 +495,7 @@ CASES = [
     Case(pipeline="AudioLDM2Pipeline", build=audioldm2, output="audios"),
     Case(pipeline="StableCascadePriorPipeline", build=stable_cascade_prior, output="image_embeddings",
          note="[cond, uncond] order"),
+    Case(pipeline="StableAudio3Pipeline", build=stable_audio3, output="audios"),
+    Case(pipeline="ErnieImagePipeline", build=ernie_image),
+    Case(pipeline="AnyFlowFARPipeline", build=anyflow_far, output="frames", note="KV cache filled per chunk"),
 ]
