@@ -477,6 +477,55 @@ def anyflow_far() -> tuple[Any, dict[str, Any]]:
 
 
 
+def _word_tokenizer(max_length: int) -> Any:
+    """A word-level tokenizer made in memory (no vocabulary file, no download), for the pipelines that take
+    only prompts: every word of the prompts used here has an id, anything else is ``[UNK]``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["[PAD]", "[UNK]", "[BOS]", "[EOS]", "a", "red", "fox", "in", "snow", "blurry", "low", "quality", ""]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words) if w}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]", bos_token="[BOS]",
+                                   eos_token="[EOS]", model_max_length=max_length)
+
+
+# -- Kandinsky 2.1 prior (PriorTransformer): hidden_states, timestep, proj_embedding, encoder_hidden_states,
+#    attention_mask. The pipeline takes prompts only: a word-level tokenizer and a tiny CLIP text encoder ----
+def kandinsky_prior() -> tuple[Any, dict[str, Any]]:
+    from diffusers import KandinskyPriorPipeline, PriorTransformer, UnCLIPScheduler
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPTextConfig,
+        CLIPTextModelWithProjection,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+    )
+
+    def make() -> Any:
+        prior = PriorTransformer(num_attention_heads=2, attention_head_dim=8, embedding_dim=16, num_layers=1)
+        prior.clip_std = torch.nn.Parameter(torch.ones(prior.clip_std.shape))  # 0 would zero every output
+        return KandinskyPriorPipeline(
+            prior=prior,
+            image_encoder=CLIPVisionModelWithProjection(CLIPVisionConfig(
+                hidden_size=16, image_size=32, projection_dim=16, intermediate_size=16, num_attention_heads=2,
+                num_hidden_layers=1, patch_size=8,
+            )),
+            text_encoder=CLIPTextModelWithProjection(CLIPTextConfig(
+                bos_token_id=2, eos_token_id=3, pad_token_id=0, hidden_size=16, projection_dim=16, intermediate_size=16,
+                num_attention_heads=2, num_hidden_layers=1, vocab_size=16, max_position_embeddings=77,
+            )),
+            tokenizer=_word_tokenizer(77),  # the prior's 77 text positions
+            scheduler=UnCLIPScheduler(variance_type="fixed_small_log", prediction_type="sample", num_train_timesteps=1000,
+                                      clip_sample=True, clip_sample_range=10.0),
+            image_processor=CLIPImageProcessor(crop_size=32, size=32),
+        )
+
+    return _build(make), dict(prompt="a red fox in snow", negative_prompt="blurry", guidance_scale=4.0,
+                              num_inference_steps=2)
+
+
+
 CASES = [
     Case(pipeline="DiTPipeline", build=dit, note="[cond, null] order"),
     Case(pipeline="LattePipeline", build=latte, output="frames"),
@@ -498,4 +547,6 @@ CASES = [
     Case(pipeline="StableAudio3Pipeline", build=stable_audio3, output="audios"),
     Case(pipeline="ErnieImagePipeline", build=ernie_image),
     Case(pipeline="AnyFlowFARPipeline", build=anyflow_far, output="frames", note="KV cache filled per chunk"),
+    Case(pipeline="KandinskyPriorPipeline", build=kandinsky_prior, output="image_embeds",
+         note="the denoiser is the pipeline's prior"),
 ]
