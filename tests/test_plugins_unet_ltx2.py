@@ -1,4 +1,4 @@
-"""What the unet and ltx2 examples alone would not show, on two real gloo ranks against one process.
+"""What the unet, ltx2 and consisid examples alone would not show, on two real gloo ranks against one process.
 
 - The IP-Adapter's image embeddings (``added_cond_kwargs["image_embeds"]``, a list) reach the image
   projection split: batch 1 on each rank, and the embeddings change the image (the path is live).
@@ -7,6 +7,8 @@
   ControlNet computes batch 1 per rank too (the examples count the UNet only).
 - LTX-2's audio stream is split with the video stream, and the audio output equals one process (the
   examples compare the video only); the STG and modality-isolation passes (batch 1) run whole.
+- ConsisID's latents are split although its face conditions stay at batch 1: the example's batch
+  counter sees the face extractor (batch 1) first, so the patch embedding is counted here.
 """
 
 from __future__ import annotations
@@ -136,3 +138,31 @@ def test_ltx2_audio_stream_is_split_and_equal():
         # per step: the CFG call (2), then STG and modality isolation (1 each, whole on every rank)
         assert result["single"] == [2, 1, 1, 2, 1, 1], result
         assert result["parallel"] == [1, 1, 1, 1, 1, 1], result
+
+
+def _consisid_rank(rank: int, world: int) -> dict:
+    run = xcfg.build_example("consisid", size="tiny")
+    kwargs = {**run.kwargs, "num_inference_steps": 2, "output_type": "pt"}
+    batches: list[int] = []
+    hook = run.pipe.transformer.patch_embed.register_forward_pre_hook(
+        lambda _m, args: batches.append(int(args[1].shape[0]))  # (text embeddings, latents)
+    )
+    try:
+        expected = run.pipe(**kwargs, generator=torch.Generator().manual_seed(7)).frames
+        single = list(batches)
+        batches.clear()
+        handle = xcfg.parallelize(run.pipe)
+        try:
+            actual = run.pipe(**kwargs, generator=torch.Generator().manual_seed(7)).frames
+        finally:
+            handle.remove()
+    finally:
+        hook.remove()
+    return {"error": relative_error(actual, expected), "single": single, "parallel": batches}
+
+
+@pytest.mark.ranks
+def test_consisid_latents_are_split_while_the_face_conditions_broadcast():
+    for result in run_ranks(_consisid_rank, timeout=240):
+        assert result["error"] < 1e-4, result
+        assert result["single"] == [2, 2] and result["parallel"] == [1, 1], result

@@ -331,35 +331,6 @@ def easyanimate() -> tuple[Any, dict[str, Any]]:
                       **_embeds(6, 16, mask="prompt_attention_mask,negative_prompt_attention_mask"))
 
 
-# -- ConsisID: hidden_states, encoder_hidden_states, timestep; id_vit_hidden (a list) and id_cond stay at batch
-#    B (they broadcast), so they are not batch inputs. ConsisIDPipeline is exported only with OpenCV installed
-#    (its keypoint drawing); the class itself imports without it --------------------------------------------
-def consisid() -> tuple[Any, dict[str, Any]]:
-    from diffusers import AutoencoderKLCogVideoX, ConsisIDTransformer3DModel, DDIMScheduler
-    from diffusers.pipelines.consisid.pipeline_consisid import ConsisIDPipeline
-
-    pipe = _build(lambda: ConsisIDPipeline(
-        tokenizer=None, text_encoder=None, scheduler=DDIMScheduler(),
-        vae=AutoencoderKLCogVideoX(
-            in_channels=3, out_channels=3, down_block_types=("CogVideoXDownBlock3D",) * 4,
-            up_block_types=("CogVideoXUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8), latent_channels=4,
-            layers_per_block=1, norm_num_groups=2, temporal_compression_ratio=4,
-        ),
-        transformer=ConsisIDTransformer3DModel(
-            num_attention_heads=2, attention_head_dim=16, in_channels=8, out_channels=4, time_embed_dim=2,
-            text_embed_dim=16, num_layers=1, sample_width=2, sample_height=2, sample_frames=9, patch_size=2,
-            temporal_compression_ratio=4, max_text_seq_length=6, use_rotary_positional_embeddings=True,
-            use_learned_positional_embeddings=True, cross_attn_interval=1, is_kps=False, is_train_face=True,
-            cross_attn_dim_head=1, cross_attn_num_heads=1, LFE_id_dim=2, LFE_vit_dim=2, LFE_depth=5, LFE_dim_head=8,
-            LFE_num_heads=2, LFE_num_id_token=1, LFE_num_querie=1, LFE_output_dim=21, LFE_ff_mult=1, LFE_num_scale=1,
-        ),
-    ))
-    image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(5))
-    return pipe, dict(image=image, height=16, width=16, num_frames=8, guidance_scale=6.0, num_inference_steps=2,
-                      max_sequence_length=6, id_vit_hidden=[_randn(1, 2, 2, seed=6)], id_cond=_randn(1, 2, seed=7),
-                      **_embeds(6, 16))
-
-
 # -- AudioLDM 2: sample, encoder_hidden_states (the GPT-2 generated embeddings), encoder_hidden_states_1 (T5),
 #    encoder_attention_mask_1; timestep is one value ---------------------------------------------------------
 def audioldm2() -> tuple[Any, dict[str, Any]]:
@@ -527,6 +498,20 @@ def kandinsky_prior() -> tuple[Any, dict[str, Any]]:
 
 
 CASES = [
+    # the plugins' examples (plugins unet, ltx2, auraflow, hidream, stable_audio, consisid)
+    Case(pipeline="StableDiffusionPipeline", example="sd15"),
+    Case(pipeline="StableDiffusionXLPipeline", example="sdxl"),
+    Case(pipeline="StableDiffusionXLControlNetPipeline", example="sdxl-controlnet",
+         note="the ControlNet is split beside the UNet"),
+    Case(pipeline="StableDiffusionXLPipeline", example="sdxl-ip-adapter", note="IP-Adapter image embeddings split"),
+    Case(pipeline="LTX2Pipeline", example="ltx2", output="frames",
+         note="STG and modality-isolation passes (batch B) run whole"),
+    Case(pipeline="AuraFlowPipeline", example="auraflow"),
+    Case(pipeline="HiDreamImagePipeline", example="hidream", note="Llama states batched in dim 1"),
+    Case(pipeline="StableAudioPipeline", example="stable-audio", output="audios"),
+    Case(pipeline="ConsisIDPipeline", example="consisid", output="frames",
+         note="id_vit_hidden / id_cond stay at batch 1 and broadcast"),
+    # census builds: the comment above each build names its batch-carrying forward arguments
     Case(pipeline="DiTPipeline", build=dit, note="[cond, null] order"),
     Case(pipeline="LattePipeline", build=latte, output="frames"),
     Case(pipeline="LuminaPipeline", build=lumina, note="[cond, uncond] order"),
@@ -540,7 +525,6 @@ CASES = [
     Case(pipeline="AnyFlowPipeline", build=anyflow, output="frames"),
     Case(pipeline="BriaPipeline", build=bria),
     Case(pipeline="EasyAnimatePipeline", build=easyanimate, output="frames"),
-    Case(pipeline="ConsisIDPipeline", build=consisid, output="frames", note="id_vit_hidden / id_cond broadcast"),
     Case(pipeline="AudioLDM2Pipeline", build=audioldm2, output="audios"),
     Case(pipeline="StableCascadePriorPipeline", build=stable_cascade_prior, output="image_embeddings",
          note="[cond, uncond] order"),
