@@ -497,6 +497,100 @@ def kandinsky_prior() -> tuple[Any, dict[str, Any]]:
 
 
 
+def _movq() -> Any:
+    from diffusers import VQModel
+
+    return VQModel(
+        block_out_channels=[32, 64], down_block_types=["DownEncoderBlock2D", "AttnDownEncoderBlock2D"], in_channels=3,
+        latent_channels=4, layers_per_block=1, norm_num_groups=8, norm_type="spatial", num_vq_embeddings=12,
+        out_channels=3, up_block_types=["AttnUpDecoderBlock2D", "UpDecoderBlock2D"], vq_embed_dim=4,
+    )
+
+
+def _kandinsky22_unet(in_channels: int, addition: str) -> Any:
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        in_channels=in_channels, out_channels=8, addition_embed_type=addition,
+        down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+        up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"), mid_block_type="UNetMidBlock2DSimpleCrossAttn",
+        block_out_channels=(8, 16), layers_per_block=1, encoder_hid_dim=16, encoder_hid_dim_type="image_proj",
+        cross_attention_dim=16, attention_head_dim=4, norm_num_groups=4, resnet_time_scale_shift="scale_shift",
+        class_embed_type=None,
+    )
+
+
+def _kandinsky22_scheduler() -> Any:
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.00085, beta_end=0.012,
+                         clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
+
+
+# -- Kandinsky 2.2 decoder (plugin unet): sample, timestep, added_cond_kwargs['image_embeds'] (the prior's image
+#    embedding, zeros-like negative first); encoder_hidden_states is None -----------------------------------
+def kandinsky22() -> tuple[Any, dict[str, Any]]:
+    from diffusers import KandinskyV22Pipeline
+
+    pipe = _build(lambda: KandinskyV22Pipeline(unet=_kandinsky22_unet(4, "image"), scheduler=_kandinsky22_scheduler(),
+                                               movq=_movq()))
+    return pipe, dict(image_embeds=_randn(1, 16, seed=1), negative_image_embeds=_randn(1, 16, seed=2), height=16,
+                      width=16, guidance_scale=4.0, num_inference_steps=2)
+
+
+# -- Kandinsky 2.2 ControlNet (plugin unet): as the decoder, plus added_cond_kwargs['hint'] (the depth hint) -----
+def kandinsky22_controlnet() -> tuple[Any, dict[str, Any]]:
+    from diffusers import KandinskyV22ControlnetPipeline
+
+    pipe = _build(lambda: KandinskyV22ControlnetPipeline(unet=_kandinsky22_unet(8, "image_hint"),
+                                                         scheduler=_kandinsky22_scheduler(), movq=_movq()))
+    hint = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(5))  # embedded 8x smaller: the latents
+    return pipe, dict(image_embeds=_randn(1, 16, seed=1), negative_image_embeds=_randn(1, 16, seed=2), hint=hint,
+                      height=16, width=16, guidance_scale=4.0, num_inference_steps=2)
+
+
+# -- SD 1.5 with a T2I-Adapter (plugin unet): sample, timestep, encoder_hidden_states,
+#    down_intrablock_additional_residuals (the adapter's features, repeated for CFG) ---------------------------
+def sd_adapter() -> tuple[Any, dict[str, Any]]:
+    from diffusers import PNDMScheduler, StableDiffusionAdapterPipeline, T2IAdapter, UNet2DConditionModel
+
+    pipe = _build(lambda: StableDiffusionAdapterPipeline(
+        vae=_tiny_vae(block_out_channels=(8, 16), norm_num_groups=4), text_encoder=None, tokenizer=None,
+        unet=UNet2DConditionModel(
+            block_out_channels=(16, 32), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=16, attention_head_dim=2, norm_num_groups=4,
+        ),
+        adapter=T2IAdapter(in_channels=3, channels=[16, 32], num_res_blocks=1, downscale_factor=2,
+                           adapter_type="full_adapter"),
+        scheduler=PNDMScheduler(skip_prk_steps=True), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    ))
+    image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    return pipe, dict(image=image, height=16, width=16, guidance_scale=7.5, num_inference_steps=2, **_embeds(6, 16))
+
+
+# -- SD x4 upscaler (plugin unet): sample (the latents and the low-resolution image, concatenated), timestep,
+#    encoder_hidden_states, class_labels (the noise level) ---------------------------------------------------
+def sd_upscale() -> tuple[Any, dict[str, Any]]:
+    from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionUpscalePipeline, UNet2DConditionModel
+
+    pipe = _build(lambda: StableDiffusionUpscalePipeline(
+        vae=_tiny_vae(block_out_channels=(8, 8), scaling_factor=0.08333),
+        text_encoder=None, tokenizer=None,
+        unet=UNet2DConditionModel(
+            block_out_channels=(16, 32), layers_per_block=1, sample_size=8, in_channels=7, out_channels=4,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=16, attention_head_dim=2, norm_num_groups=4, num_class_embeds=100,
+        ),
+        low_res_scheduler=DDPMScheduler(), scheduler=DDIMScheduler(prediction_type="v_prediction"),
+        safety_checker=None, feature_extractor=None, watermarker=None, max_noise_level=350,
+    ))
+    image = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+    return pipe, dict(image=image, guidance_scale=6.0, noise_level=20, num_inference_steps=2, **_embeds(6, 16))
+
+
+
 CASES = [
     # the plugins' examples (plugins unet, ltx2, auraflow, hidream, stable_audio, consisid)
     Case(pipeline="StableDiffusionPipeline", example="sd15"),
@@ -531,6 +625,10 @@ CASES = [
     Case(pipeline="StableAudio3Pipeline", build=stable_audio3, output="audios"),
     Case(pipeline="ErnieImagePipeline", build=ernie_image),
     Case(pipeline="AnyFlowFARPipeline", build=anyflow_far, output="frames", note="KV cache filled per chunk"),
+    Case(pipeline="KandinskyV22Pipeline", build=kandinsky22),
+    Case(pipeline="KandinskyV22ControlnetPipeline", build=kandinsky22_controlnet),
+    Case(pipeline="StableDiffusionAdapterPipeline", build=sd_adapter),
+    Case(pipeline="StableDiffusionUpscalePipeline", build=sd_upscale),
     Case(pipeline="KandinskyPriorPipeline", build=kandinsky_prior, output="image_embeds",
          note="the denoiser is the pipeline's prior"),
 ]
