@@ -591,6 +591,42 @@ def sd_upscale() -> tuple[Any, dict[str, Any]]:
 
 
 
+# -- ACE-Step ([cond, null] order; APG guidance on the gathered output): hidden_states, timestep, timestep_r,
+#    encoder_hidden_states, context_latents (and their masks). The pipeline takes prompts and lyrics only: a
+#    word-level tokenizer and a tiny Qwen3 text encoder ------------------------------------------------------
+def ace_step() -> tuple[Any, dict[str, Any]]:
+    from diffusers import AceStepPipeline, AceStepTransformer1DModel, AutoencoderOobleck, FlowMatchEulerDiscreteScheduler
+    from diffusers.pipelines.ace_step import AceStepAudioTokenDetokenizer, AceStepAudioTokenizer, AceStepConditionEncoder
+    from transformers import Qwen3Config, Qwen3Model
+
+    small = dict(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+                 rope_theta=10000.0, sliding_window=16)
+
+    def make() -> Any:
+        return AceStepPipeline(
+            transformer=AceStepTransformer1DModel(num_hidden_layers=2, in_channels=24, audio_acoustic_hidden_dim=8,
+                                                  patch_size=2, **small),
+            condition_encoder=AceStepConditionEncoder(text_hidden_dim=16, timbre_hidden_dim=8,
+                                                      num_lyric_encoder_hidden_layers=1,
+                                                      num_timbre_encoder_hidden_layers=1, **small),
+            vae=AutoencoderOobleck(encoder_hidden_size=6, downsampling_ratios=[1, 2], decoder_channels=3,
+                                   decoder_input_channels=8, audio_channels=2, channel_multiples=[2, 4], sampling_rate=4),
+            text_encoder=Qwen3Model(Qwen3Config(num_hidden_layers=1, vocab_size=16, max_position_embeddings=64,
+                                                **{k: v for k, v in small.items() if k != "sliding_window"})),
+            tokenizer=_word_tokenizer(16),
+            scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1, shift=1.0),
+            audio_tokenizer=AceStepAudioTokenizer(audio_acoustic_hidden_dim=8, pool_window_size=2, fsq_dim=16,
+                                                  fsq_input_levels=[4, 4, 4], fsq_input_num_quantizers=1,
+                                                  num_attention_pooler_hidden_layers=1, **small),
+            audio_token_detokenizer=AceStepAudioTokenDetokenizer(audio_acoustic_hidden_dim=8, pool_window_size=2,
+                                                                 num_attention_pooler_hidden_layers=1, **small),
+        )
+
+    return _build(make), dict(prompt="a red fox", lyrics="in snow", audio_duration=2.0, guidance_scale=7.0,
+                              num_inference_steps=2, max_text_length=16, max_lyric_length=16)
+
+
+
 CASES = [
     # the plugins' examples (plugins unet, ltx2, auraflow, hidream, stable_audio, consisid)
     Case(pipeline="StableDiffusionPipeline", example="sd15"),
@@ -629,6 +665,7 @@ CASES = [
     Case(pipeline="KandinskyV22ControlnetPipeline", build=kandinsky22_controlnet),
     Case(pipeline="StableDiffusionAdapterPipeline", build=sd_adapter),
     Case(pipeline="StableDiffusionUpscalePipeline", build=sd_upscale),
+    Case(pipeline="AceStepPipeline", build=ace_step, output="audios", note="[cond, null] order"),
     Case(pipeline="KandinskyPriorPipeline", build=kandinsky_prior, output="image_embeds",
          note="the denoiser is the pipeline's prior"),
 ]
