@@ -627,6 +627,32 @@ def ace_step() -> tuple[Any, dict[str, Any]]:
 
 
 
+# -- Bria FIBO: hidden_states, encoder_hidden_states, timestep, text_encoder_layers (a list of per-layer text
+#    states, each batched); txt_ids / img_ids are shared. The pipeline takes prompts only (a JSON caption): a
+#    word-level tokenizer and a tiny SmolLM3 text encoder --------------------------------------------------
+def bria_fibo() -> tuple[Any, dict[str, Any]]:
+    from diffusers import AutoencoderKLWan, BriaFiboPipeline, BriaFiboTransformer2DModel, FlowMatchEulerDiscreteScheduler
+    from transformers import SmolLM3Config, SmolLM3ForCausalLM
+
+    pipe = _build(lambda: BriaFiboPipeline(
+        transformer=BriaFiboTransformer2DModel(
+            patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=8, num_attention_heads=2,
+            joint_attention_dim=64, text_encoder_dim=32, pooled_projection_dim=None, axes_dims_rope=[0, 4, 4],
+        ),
+        vae=AutoencoderKLWan(base_dim=16, decoder_base_dim=16, num_res_blocks=1, out_channels=12, patch_size=2,
+                             scale_factor_spatial=16, scale_factor_temporal=4, temperal_downsample=[False, True, True],
+                             z_dim=16),
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        text_encoder=SmolLM3ForCausalLM(SmolLM3Config(hidden_size=32, intermediate_size=32, num_hidden_layers=2,
+                                                      num_attention_heads=2, num_key_value_heads=1, vocab_size=16,
+                                                      pad_token_id=0, bos_token_id=2, eos_token_id=3)),
+        tokenizer=_word_tokenizer(16),
+    ))
+    return pipe, dict(prompt="{'text': 'a red fox in snow'}", negative_prompt="blurry", height=32, width=32,
+                      guidance_scale=5.0, num_inference_steps=2, max_sequence_length=16)
+
+
+
 CASES = [
     # the plugins' examples (plugins unet, ltx2, auraflow, hidream, stable_audio, consisid)
     Case(pipeline="StableDiffusionPipeline", example="sd15"),
@@ -665,6 +691,7 @@ CASES = [
     Case(pipeline="KandinskyV22ControlnetPipeline", build=kandinsky22_controlnet),
     Case(pipeline="StableDiffusionAdapterPipeline", build=sd_adapter),
     Case(pipeline="StableDiffusionUpscalePipeline", build=sd_upscale),
+    Case(pipeline="BriaFiboPipeline", build=bria_fibo, note="text_encoder_layers: a list of batched tensors"),
     Case(pipeline="AceStepPipeline", build=ace_step, output="audios", note="[cond, null] order"),
     Case(pipeline="KandinskyPriorPipeline", build=kandinsky_prior, output="image_embeds",
          note="the denoiser is the pipeline's prior"),
