@@ -653,6 +653,46 @@ def bria_fibo() -> tuple[Any, dict[str, Any]]:
 
 
 
+# -- Stable unCLIP: a prior (PriorTransformer: hidden_states, timestep, proj_embedding, encoder_hidden_states,
+#    attention_mask) and then the UNet (plugin unet: sample, timestep, encoder_hidden_states, class_labels = the
+#    noised image embedding), both on [uncond, cond]. Prompts only: word-level tokenizers, tiny CLIP encoders ----
+def stable_unclip() -> tuple[Any, dict[str, Any]]:
+    from diffusers import DDIMScheduler, DDPMScheduler, PriorTransformer, StableUnCLIPPipeline, UNet2DConditionModel
+    from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import StableUnCLIPImageNormalizer
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    clip = dict(bos_token_id=2, eos_token_id=3, pad_token_id=0, hidden_size=16, projection_dim=16, intermediate_size=16,
+                num_attention_heads=2, num_hidden_layers=1, vocab_size=16, max_position_embeddings=77)
+
+    def make() -> Any:
+        prior = PriorTransformer(num_attention_heads=2, attention_head_dim=8, embedding_dim=16, num_layers=1)
+        prior.clip_std = torch.nn.Parameter(torch.ones(prior.clip_std.shape))  # 0 would zero every output
+        return StableUnCLIPPipeline(
+            prior_tokenizer=_word_tokenizer(77), prior_text_encoder=CLIPTextModelWithProjection(CLIPTextConfig(**clip)),
+            prior=prior,
+            prior_scheduler=DDPMScheduler(variance_type="fixed_small_log", prediction_type="sample",
+                                          num_train_timesteps=1000, clip_sample=True, clip_sample_range=5.0,
+                                          beta_schedule="squaredcos_cap_v2"),
+            image_normalizer=StableUnCLIPImageNormalizer(embedding_dim=16),
+            image_noising_scheduler=DDPMScheduler(beta_schedule="squaredcos_cap_v2"),
+            tokenizer=_word_tokenizer(77), text_encoder=CLIPTextModel(CLIPTextConfig(**clip)),
+            unet=UNet2DConditionModel(
+                sample_size=8, in_channels=4, out_channels=4, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), block_out_channels=(16, 32), attention_head_dim=(2, 4),
+                class_embed_type="projection", projection_class_embeddings_input_dim=32, cross_attention_dim=16,
+                layers_per_block=1, norm_num_groups=4, upcast_attention=True, use_linear_projection=True,
+            ),
+            scheduler=DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                    prediction_type="v_prediction", set_alpha_to_one=False, steps_offset=1),
+            vae=_tiny_vae(),
+        )
+
+    return _build(make), dict(prompt="a red fox in snow", negative_prompt="blurry", height=16, width=16,
+                              guidance_scale=6.0, prior_guidance_scale=4.0, num_inference_steps=2,
+                              prior_num_inference_steps=2)
+
+
+
 CASES = [
     # the plugins' examples (plugins unet, ltx2, auraflow, hidream, stable_audio, consisid)
     Case(pipeline="StableDiffusionPipeline", example="sd15"),
@@ -693,6 +733,7 @@ CASES = [
     Case(pipeline="StableDiffusionUpscalePipeline", build=sd_upscale),
     Case(pipeline="BriaFiboPipeline", build=bria_fibo, note="text_encoder_layers: a list of batched tensors"),
     Case(pipeline="AceStepPipeline", build=ace_step, output="audios", note="[cond, null] order"),
+    Case(pipeline="StableUnCLIPPipeline", build=stable_unclip, note="a prior, then the UNet; both batched"),
     Case(pipeline="KandinskyPriorPipeline", build=kandinsky_prior, output="image_embeds",
          note="the denoiser is the pipeline's prior"),
 ]
