@@ -12,10 +12,11 @@ list), and the entries of ``added_cond_kwargs``: SDXL's ``text_embeds`` (pooled 
 adapter) and Kandinsky 2.2's ``hint``. ``cross_attention_kwargs`` (LoRA scale, IP-Adapter masks) is
 shared.
 
-The ControlNet (``ControlNetModel``, ``ControlNetUnionModel``, ``MultiControlNetModel``) runs on the
-same CFG batch before the UNet: ``sample``, ``encoder_hidden_states``, ``controlnet_cond`` (the control
-image, doubled for CFG; a list for several ControlNets), ``class_labels``, ``timestep_cond``,
-``attention_mask`` and ``added_cond_kwargs``. Its specs are registered here so that a pipeline's
+The ControlNet (``ControlNetModel``, ``MultiControlNetModel``, ``ControlNetUnionModel``,
+``MultiControlNetUnionModel``) runs on the same CFG batch before the UNet: ``sample``,
+``encoder_hidden_states``, ``controlnet_cond`` (the control image, doubled for CFG; a list for several
+ControlNets or control modes), the union models' ``control_type`` (one-hot modes, repeated to the
+batch), ``class_labels``, ``timestep_cond``, ``attention_mask`` and ``added_cond_kwargs``. Its specs are registered here so that a pipeline's
 ``controlnet`` can be split too where ``parallelize`` wraps it; otherwise it runs on the whole batch on
 every rank and the UNet still splits its residuals. In guess mode the ControlNet sees the cond half
 only (batch B) and its residuals are padded with zeros to 2B, which the UNet splits as usual.
@@ -63,16 +64,18 @@ SPECS = (
                 "timestep",
                 "encoder_hidden_states",
                 "controlnet_cond",
+                *(["control_type"] if union else []),  # the one-hot control modes, repeated to the batch
                 "class_labels",
                 "timestep_cond",
                 "attention_mask",
                 *_ADDED,
             ],
         )
-        for path in (
-            "diffusers.models.controlnets.controlnet:ControlNetModel",
-            "diffusers.models.controlnets.controlnet_union:ControlNetUnionModel",
-            "diffusers.models.controlnets.multicontrolnet:MultiControlNetModel",
+        for path, union in (
+            ("diffusers.models.controlnets.controlnet:ControlNetModel", False),
+            ("diffusers.models.controlnets.multicontrolnet:MultiControlNetModel", False),
+            ("diffusers.models.controlnets.controlnet_union:ControlNetUnionModel", True),
+            ("diffusers.models.controlnets.multicontrolnet_union:MultiControlNetUnionModel", True),
         )
     ),
 )

@@ -693,6 +693,77 @@ def stable_unclip() -> tuple[Any, dict[str, Any]]:
 
 
 
+def _randomize_controlnet(controlnet: Any) -> Any:
+    """A fresh ControlNet's output convolutions are zero, so its residuals would be 0 and a wrong split would go
+    unseen: small random weights (under the build's seed)."""
+    for name, parameter in controlnet.named_parameters():
+        if name.startswith(("controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding.conv_out")):
+            torch.nn.init.normal_(parameter, std=0.2)
+    return controlnet
+
+
+# -- SD 1.5 with two ControlNets (MultiControlNetModel, plugin unet): the ControlNets take sample, timestep,
+#    encoder_hidden_states and controlnet_cond (a list, one image per ControlNet, each doubled); the UNet takes
+#    their summed residuals (down_block_additional_residuals, mid_block_additional_residual) ----------------
+def sd_multi_controlnet() -> tuple[Any, dict[str, Any]]:
+    from diffusers import ControlNetModel, PNDMScheduler, StableDiffusionControlNetPipeline, UNet2DConditionModel
+
+    def make() -> Any:
+        unet = UNet2DConditionModel(
+            block_out_channels=(16, 32), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=16, attention_head_dim=2, norm_num_groups=4,
+        )
+        controlnets = [_randomize_controlnet(ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(4, 8)))
+                       for _ in range(2)]
+        return StableDiffusionControlNetPipeline(
+            vae=_tiny_vae(), text_encoder=None, tokenizer=None, unet=unet, controlnet=controlnets,
+            scheduler=PNDMScheduler(skip_prk_steps=True), safety_checker=None, feature_extractor=None,
+            requires_safety_checker=False,
+        )
+
+    images = [torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(s)) for s in (5, 6)]
+    return _build(make), dict(image=images, height=16, width=16, guidance_scale=7.5, num_inference_steps=2,
+                              controlnet_conditioning_scale=[0.7, 0.5], **_embeds(6, 16))
+
+
+# -- SDXL ControlNet Union (ControlNetUnionModel, plugin unet): the ControlNet also takes control_type (one-hot
+#    control modes repeated to the batch) and added_cond_kwargs text_embeds / time_ids ---------------------
+def sdxl_controlnet_union() -> tuple[Any, dict[str, Any]]:
+    from diffusers import (
+        ControlNetUnionModel,
+        EulerDiscreteScheduler,
+        StableDiffusionXLControlNetUnionPipeline,
+        UNet2DConditionModel,
+    )
+
+    shared = dict(
+        block_out_channels=(16, 32), layers_per_block=1, in_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=4,
+        transformer_layers_per_block=(1, 1), projection_class_embeddings_input_dim=8 + 24, cross_attention_dim=16,
+        norm_num_groups=4,
+    )
+
+    def make() -> Any:
+        unet = UNet2DConditionModel(sample_size=8, out_channels=4, up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+                                    **shared)
+        controlnet = ControlNetUnionModel(conditioning_embedding_out_channels=(4, 8), num_trans_channel=16,
+                                          num_trans_head=2, num_proj_channel=16, **shared)
+        return StableDiffusionXLControlNetUnionPipeline(
+            vae=_tiny_vae(), text_encoder=None, text_encoder_2=None, tokenizer=None, tokenizer_2=None, unet=unet,
+            controlnet=_randomize_controlnet(controlnet),
+            scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, steps_offset=1,
+                                             beta_schedule="scaled_linear", timestep_spacing="leading"),
+            add_watermarker=False,
+        )
+
+    pooled = {"pooled_prompt_embeds": _randn(1, 8, seed=3), "negative_pooled_prompt_embeds": _randn(1, 8, seed=4)}
+    image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    return _build(make), dict(control_image=[image], control_mode=[1], height=16, width=16, guidance_scale=5.0,
+                              num_inference_steps=2, **pooled, **_embeds(6, 16))
+
+
+
 CASES = [
     # the plugins' examples (plugins unet, ltx2, auraflow, hidream, stable_audio, consisid)
     Case(pipeline="StableDiffusionPipeline", example="sd15"),
@@ -730,6 +801,8 @@ CASES = [
     Case(pipeline="KandinskyV22Pipeline", build=kandinsky22),
     Case(pipeline="KandinskyV22ControlnetPipeline", build=kandinsky22_controlnet),
     Case(pipeline="StableDiffusionAdapterPipeline", build=sd_adapter),
+    Case(pipeline="StableDiffusionControlNetPipeline", build=sd_multi_controlnet, note="two ControlNets"),
+    Case(pipeline="StableDiffusionXLControlNetUnionPipeline", build=sdxl_controlnet_union),
     Case(pipeline="StableDiffusionUpscalePipeline", build=sd_upscale),
     Case(pipeline="BriaFiboPipeline", build=bria_fibo, note="text_encoder_layers: a list of batched tensors"),
     Case(pipeline="AceStepPipeline", build=ace_step, output="audios", note="[cond, null] order"),
