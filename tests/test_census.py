@@ -39,6 +39,12 @@ def test_case_equals_one_process_and_each_rank_computed_its_share(census, record
     )
 
 
+def test_the_recorded_class_list_is_what_diffusers_has():
+    from census.tables import CLASSES
+
+    assert json.loads(CLASSES.read_text())["classes"] == sorted(cfg_denoisers()), "run tests/census/run.py --write"
+
+
 def test_every_cfg_denoiser_class_of_diffusers_is_built_or_says_why(recorded):
     covered = {cls for entry in recorded.values() for cls in entry["denoisers"]}
     missing = sorted(set(cfg_denoisers()) - covered - set(UNBUILT))

@@ -19,6 +19,7 @@ from typing import Any
 
 from ._errors import (
     DivergenceError,
+    LaunchError,
     NoCFGError,
     RankError,
     RankFailedError,
@@ -30,10 +31,14 @@ from ._errors import (
     SpecError,
     UnsupportedModelError,
     UnsupportedPipelineError,
+    WorkerDiedError,
+    WorkerError,
+    WorkerTimeoutError,
     XcfgError,
 )
 from ._group import CFGGroup, init_distributed
 from ._hookspecs import hookimpl
+from ._launch import Launched, launch
 from ._parallelize import Parallelized, parallelize
 from ._registry import Registered, Registry, default_registry
 from ._hook import Wrapped, wrap_denoiser
@@ -49,6 +54,8 @@ __all__ = [
     "DivergenceError",
     "Example",
     "ExampleRun",
+    "LaunchError",
+    "Launched",
     "ModelSpec",
     "NoCFGError",
     "PMap",
@@ -66,6 +73,9 @@ __all__ = [
     "UnsupportedModelError",
     "UnsupportedPipelineError",
     "VAESpec",
+    "WorkerDiedError",
+    "WorkerError",
+    "WorkerTimeoutError",
     "Wrapped",
     "XcfgError",
     "__version__",
@@ -74,6 +84,7 @@ __all__ = [
     "hookimpl",
     "init_distributed",
     "install_vae_split",
+    "launch",
     "parallelize",
     "register_plugin",
     "unregister_plugin",

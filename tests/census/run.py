@@ -200,7 +200,13 @@ def main() -> None:
             results = {**previous, **results}
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-        print(f"wrote {RESULTS}")
+        import diffusers
+        from census.discover import cfg_denoisers
+        from census.tables import CLASSES, rewrite_readme
+
+        CLASSES.write_text(json.dumps({"diffusers": diffusers.__version__, "classes": sorted(cfg_denoisers())}, indent=1) + "\n")
+        rewrite_readme(HERE.parents[1] / "README.md")
+        print(f"wrote {RESULTS}, {CLASSES.name} and the README's table")
 
 
 if __name__ == "__main__":
