@@ -211,7 +211,7 @@ def _add_ip_adapter(unet: torch.nn.Module, image_embed_dim: int, tokens: int) ->
     )
     unet.config.encoder_hid_dim_type = "ip_image_proj"
     processors = {}
-    for name, attention in unet.attn_processors.items():
+    for name in unet.attn_processors:
         module = unet.get_submodule(name.removesuffix(".processor"))
         if name.endswith("attn1.processor"):
             processors[name] = AttnProcessor2_0()
