@@ -37,6 +37,7 @@ from ._hookspecs import hookimpl
 from ._parallelize import Parallelized, parallelize
 from ._registry import Registered, Registry, default_registry
 from ._hook import Wrapped, wrap_denoiser
+from ._layout import ContextParallelSpec, Layout, layout_from_mesh, plan_layout
 from ._spec import BatchInput, CFGStyle, Example, ExampleRun, ModelSpec, VAESpec
 from ._vae import PMap, install_vae_split
 
@@ -46,11 +47,13 @@ __all__ = [
     "BatchInput",
     "CFGGroup",
     "CFGStyle",
+    "ContextParallelSpec",
     "DivergenceError",
     "Example",
     "ExampleRun",
     "ModelSpec",
     "NoCFGError",
+    "Layout",
     "PMap",
     "Parallelized",
     "RankError",
@@ -74,7 +77,9 @@ __all__ = [
     "hookimpl",
     "init_distributed",
     "install_vae_split",
+    "layout_from_mesh",
     "parallelize",
+    "plan_layout",
     "register_plugin",
     "unregister_plugin",
     "wrap_denoiser",

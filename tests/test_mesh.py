@@ -1,0 +1,167 @@
+"""CFG parallelism composed with diffusers' context parallelism, on 4 real gloo ranks.
+
+Each test checks both halves of the promise: the output equals one process (fp32, relative error under
+1e-4), and each rank computed only its share, of the CFG batch (calls and batch rows) and of the
+sequence (the tokens that reach the last transformer block, counted with a forward pre-hook).
+
+diffusers' ``enable_parallelism`` does not run on a machine without an accelerator as shipped: its
+config set-up computes ``rank % torch.accelerator.device_count()``, and the count is 0 there. The tests
+(only the tests) see that count as 1 inside that set-up; see :func:`cpu_accelerator_shim`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import pytest
+import torch
+
+import xcfg
+from xcfg.testing import RanksFailed, relative_error, run_ranks
+
+pytestmark = [pytest.mark.ranks, pytest.mark.timeout(300)]
+
+BLOCKS = ("transformer_blocks", "blocks")
+
+
+@contextlib.contextmanager
+def cpu_accelerator_shim():
+    """Let diffusers' parallel-config set-up run on a CPU-only machine: inside ``_resolve_parallel_config``
+    alone, ``torch.accelerator.device_count()`` is 1 instead of 0 (the device it picks, ``cpu:0``, is not
+    used by the CPU mesh xcfg passes)."""
+    from diffusers.models.modeling_utils import ModelMixin
+
+    original = ModelMixin._resolve_parallel_config
+    count = torch.accelerator.device_count
+
+    def resolve(self: Any, config: Any) -> Any:
+        torch.accelerator.device_count = lambda: max(count(), 1)
+        try:
+            return original(self, config)
+        finally:
+            torch.accelerator.device_count = count
+
+    ModelMixin._resolve_parallel_config = resolve
+    try:
+        yield
+    finally:
+        ModelMixin._resolve_parallel_config = original
+
+
+class TokenCounter:
+    """Records ``(batch, tokens)`` of the hidden states reaching a model's last transformer block.
+
+    The last, not the first: diffusers' plans split the sequence in a hook on the first block, which runs
+    after a forward pre-hook of that block; every later block receives the split sequence.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        blocks = next(getattr(model, name) for name in BLOCKS if hasattr(model, name))
+        assert len(blocks) >= 2, "count on a model with at least 2 blocks"
+        self.block = blocks[-1]
+        self.calls: list[tuple[int, int]] = []
+        self.text: list[int] = []
+
+    def __enter__(self) -> TokenCounter:
+        def record(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+            self.calls.append((int(hidden.shape[0]), int(hidden.shape[1])))
+            text = kwargs.get("encoder_hidden_states")
+            if isinstance(text, torch.Tensor):
+                self.text.append(int(text.shape[1]))
+
+        self.handle = self.block.register_forward_pre_hook(record, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.handle.remove()
+
+
+def _denoiser(pipe: Any) -> torch.nn.Module:
+    return pipe.transformer
+
+
+def _layout_rank(
+    rank: int, world: int, example: str, layout: dict[str, Any], call: dict[str, Any], heads: int = 0
+) -> dict[str, Any]:
+    torch.manual_seed(0)
+    with cpu_accelerator_shim():
+        run = xcfg.build_example(example, size="tiny")
+        if heads:  # the tiny examples have 2 heads; Ulysses 4 needs 4
+            old = run.pipe.transformer
+            dim = old.config.num_attention_heads * old.config.attention_head_dim
+            run.pipe.transformer = type(old).from_config(
+                {**old.config, "num_attention_heads": heads, "attention_head_dim": dim // heads})
+        kwargs = {**run.kwargs, **call, "output_type": "pt"}
+        model = _denoiser(run.pipe)
+        with TokenCounter(model) as single:
+            expected = getattr(run.pipe(**kwargs, generator=torch.Generator().manual_seed(7)), run.output)
+        handle = xcfg.parallelize(run.pipe, **layout)
+        with TokenCounter(model) as parallel:
+            actual = getattr(run.pipe(**kwargs, generator=torch.Generator().manual_seed(7)), run.output)
+        hooks = sorted(model._diffusers_hook.hooks) if hasattr(model, "_diffusers_hook") else []
+        shape = handle.layout.shape if handle.layout else None
+        groups = len(handle.mesh.mesh_dim_names) if handle.mesh is not None else 0
+        predictions = handle.wrapped[0].predictions if handle.wrapped else 0
+        handle.remove()
+        with TokenCounter(model) as after:
+            again = getattr(run.pipe(**kwargs, generator=torch.Generator().manual_seed(7)), run.output)
+        left = sorted(model._diffusers_hook.hooks) if hasattr(model, "_diffusers_hook") else []
+        return {
+            "error": relative_error(actual, expected),
+            "error_after_remove": relative_error(again, expected),
+            "single": single.calls, "parallel": parallel.calls, "after": after.calls,
+            "single_text": single.text, "parallel_text": parallel.text,
+            "hooks": hooks, "hooks_after_remove": left, "shape": shape, "dims": groups,
+            "predictions": predictions,
+            "parallel_config_after_remove": getattr(model, "_parallel_config", None) is not None,
+        }
+
+
+def _check_shares(results: list[dict[str, Any]], cfg: int, context: int, two_call: bool) -> None:
+    single = results[0]["single"]
+    for rank, result in enumerate(results):
+        assert result["error"] < 1e-4, (rank, result["error"])
+        assert result["error_after_remove"] < 1e-6, (rank, result["error_after_remove"])
+        assert result["after"] == single and not result["parallel_config_after_remove"], result
+        assert not any(h.startswith("cp_") or h == "xcfg" for h in result["hooks_after_remove"]), result
+        tokens = [t for _, t in result["parallel"]]
+        # the sequence: each rank's first block sees 1/context of the tokens (Ulysses "anything" splits an
+        # uneven length with tensor_split: the larger shares first)
+        expected_tokens = [_share(t, context, result["rank_in_context"]) for _, t in single][: len(tokens)]
+        assert tokens == expected_tokens, (rank, tokens, single)
+        # the CFG batch: batched style, half the rows per call; two-call style, one call saved per prediction
+        if two_call and cfg == 2:
+            assert len(result["parallel"]) == len(single) - result["predictions"], result
+            assert result["predictions"] >= 1, result
+        else:
+            assert [b for b, _ in result["parallel"]] == [b // cfg for b, _ in single], result
+
+
+def _share(tokens: int, parts: int, index: int) -> int:
+    return tokens // parts + (1 if index < tokens % parts else 0)
+
+
+def _run(example: str, layout: dict[str, Any], call: dict[str, Any] | None = None, heads: int = 0) -> list[dict[str, Any]]:
+    results = run_ranks(
+        _layout_rank, example, layout, call or {"num_inference_steps": 2}, heads, world_size=4, timeout=240
+    )
+    plan = xcfg.plan_layout(4, **{k.replace("_degree", ""): v for k, v in layout.items() if k != "degree"},
+                            cfg=layout.get("degree", 2))
+    for rank, result in enumerate(results):
+        result["rank_in_context"] = plan.context_ranks(rank).index(rank)
+    return results
+
+
+def test_wan_cfg2_ulysses2_equals_one_process_and_splits_calls_and_tokens():
+    results = _run("wan", {"degree": 2, "ulysses_degree": 2})
+    assert results[0]["shape"] == (2, 1, 2)
+    assert {"xcfg", "cp_input---"} <= set(results[0]["hooks"]), results[0]["hooks"]
+    _check_shares(results, cfg=2, context=2, two_call=True)
+    assert all(t == 12 for _, t in results[0]["single"])  # 3 latent frames x 2 x 2 patches
+
+
+def test_ulysses4_without_cfg_equals_one_process():
+    results = _run("wan", {"degree": 1, "ulysses_degree": 4}, {"num_inference_steps": 1}, heads=4)
+    _check_shares(results, cfg=1, context=4, two_call=False)
