@@ -165,3 +165,44 @@ def test_wan_cfg2_ulysses2_equals_one_process_and_splits_calls_and_tokens():
 def test_ulysses4_without_cfg_equals_one_process():
     results = _run("wan", {"degree": 1, "ulysses_degree": 4}, {"num_inference_steps": 1}, heads=4)
     _check_shares(results, cfg=1, context=4, two_call=False)
+
+
+class Boom(RuntimeError):
+    pass
+
+
+def _fault_rank(rank: int, world: int, failing: int) -> dict[str, Any]:
+    import datetime
+    import time
+
+    torch.manual_seed(0)
+    with cpu_accelerator_shim():
+        run = xcfg.build_example("wan", size="tiny")
+        kwargs = {**run.kwargs, "num_inference_steps": 2, "output_type": "pt"}
+        handle = xcfg.parallelize(run.pipe, degree=2, ulysses_degree=2, timeout=datetime.timedelta(seconds=20))
+        calls = {"n": 0}
+
+        def fail(*_: Any) -> None:
+            calls["n"] += 1
+            if rank == failing and calls["n"] == 2:  # the second block call: inside the parallel run
+                raise Boom(f"rank {rank} failed on purpose")
+
+        blocks = run.pipe.transformer.blocks
+        blocks[-1].register_forward_pre_hook(fail)
+        start = time.monotonic()
+        try:
+            run.pipe(**kwargs, generator=torch.Generator().manual_seed(7))
+            outcome = "finished"
+        except BaseException as err:  # every rank must get here, none may hang
+            outcome = f"{type(err).__name__}: {str(err)[:200]}"
+        if rank == failing:
+            time.sleep(25)  # stay alive, groups intact: the peers must not depend on this process exiting
+        handle.remove()
+        return {"outcome": outcome, "seconds": time.monotonic() - start}
+
+
+def test_a_failing_rank_makes_every_rank_raise_on_4_ranks():
+    results = run_ranks(_fault_rank, 3, world_size=4, timeout=240)
+    for rank, result in enumerate(results):
+        assert result["outcome"] != "finished", (rank, result)
+    assert results[3]["outcome"].startswith("Boom"), results[3]
