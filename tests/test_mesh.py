@@ -83,17 +83,23 @@ def _denoiser(pipe: Any) -> torch.nn.Module:
 
 
 def _layout_rank(
-    rank: int, world: int, example: str, layout: dict[str, Any], call: dict[str, Any], heads: int = 0
+    rank: int, world: int, example: str, layout: dict[str, Any], call: dict[str, Any], config: dict[str, Any]
 ) -> dict[str, Any]:
     torch.manual_seed(0)
     with cpu_accelerator_shim():
         run = xcfg.build_example(example, size="tiny")
-        if heads:  # the tiny examples have 2 heads; Ulysses 4 needs 4
+        if config:  # a transformer of another config (the tiny examples have 2 heads; Ulysses 4 needs 4)
             old = run.pipe.transformer
-            dim = old.config.num_attention_heads * old.config.attention_head_dim
-            run.pipe.transformer = type(old).from_config(
-                {**old.config, "num_attention_heads": heads, "attention_head_dim": dim // heads})
+            config = dict(config)
+            if "num_attention_heads" in config:
+                dim = old.config.num_attention_heads * old.config.attention_head_dim
+                config["attention_head_dim"] = dim // config["num_attention_heads"]
+            run.pipe.transformer = type(old).from_config({**old.config, **config})
+        call = dict(call)
+        text = call.pop("text_tokens", None)
         kwargs = {**run.kwargs, **call, "output_type": "pt"}
+        if text:  # shorter prompt embeddings
+            kwargs.update({k: kwargs[k][:, :text] for k in ("prompt_embeds", "negative_prompt_embeds")})
         model = _denoiser(run.pipe)
         with TokenCounter(model) as single:
             expected = getattr(run.pipe(**kwargs, generator=torch.Generator().manual_seed(7)), run.output)
@@ -143,10 +149,11 @@ def _share(tokens: int, parts: int, index: int) -> int:
     return tokens // parts + (1 if index < tokens % parts else 0)
 
 
-def _run(example: str, layout: dict[str, Any], call: dict[str, Any] | None = None, heads: int = 0) -> list[dict[str, Any]]:
-    results = run_ranks(
-        _layout_rank, example, layout, call or {"num_inference_steps": 2}, heads, world_size=4, timeout=240
-    )
+def _run(
+    example: str, layout: dict[str, Any], call: dict[str, Any] | None = None, config: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    call = {"num_inference_steps": 2, **(call or {})}
+    results = run_ranks(_layout_rank, example, layout, call, config or {}, world_size=4, timeout=240)
     plan = xcfg.plan_layout(4, **{k.replace("_degree", ""): v for k, v in layout.items() if k != "degree"},
                             cfg=layout.get("degree", 2))
     for rank, result in enumerate(results):
@@ -163,7 +170,7 @@ def test_wan_cfg2_ulysses2_equals_one_process_and_splits_calls_and_tokens():
 
 
 def test_ulysses4_without_cfg_equals_one_process():
-    results = _run("wan", {"degree": 1, "ulysses_degree": 4}, {"num_inference_steps": 1}, heads=4)
+    results = _run("wan", {"degree": 1, "ulysses_degree": 4}, {"num_inference_steps": 1}, {"num_attention_heads": 4})
     _check_shares(results, cfg=1, context=4, two_call=False)
 
 
@@ -206,3 +213,25 @@ def test_a_failing_rank_makes_every_rank_raise_on_4_ranks():
     for rank, result in enumerate(results):
         assert result["outcome"] != "finished", (rank, result)
     assert results[3]["outcome"].startswith("Boom"), results[3]
+
+
+def test_cogvideox_cfg2_ulysses2_splits_text_and_image_tokens():
+    results = _run("cogvideox", {"degree": 2, "ulysses_degree": 2})
+    _check_shares(results, cfg=2, context=2, two_call=False)
+    for result in results:  # the text tokens are split with the image tokens
+        context = result["rank_in_context"]
+        assert result["parallel_text"] == [_share(t, 2, context) for t in result["single_text"]], result
+
+
+def test_cogvideox_uneven_text_and_image_with_rotary_embeddings():
+    # CogVideoX-5B's layout in small: rotary embeddings; 9 image tokens (3 frames x 1 x 3 patches) and 7 text
+    # tokens, neither divisible by 2: diffusers' ulysses_anything splits them 5/4 and 4/3
+    results = _run(
+        "cogvideox", {"degree": 2, "ulysses_degree": 2}, {"height": 16, "width": 48, "text_tokens": 7},
+        {"use_rotary_positional_embeddings": True, "max_text_seq_length": 7},
+    )
+    assert results[0]["single"][0][1] == 9 and results[0]["single_text"][0] == 7, results[0]
+    _check_shares(results, cfg=2, context=2, two_call=False)
+    for result in results:
+        context = result["rank_in_context"]
+        assert result["parallel_text"] == [_share(t, 2, context) for t in result["single_text"]], result

@@ -38,6 +38,8 @@ class ContextParallelSpec:
         processors: installs attention processors that go through diffusers' ``dispatch_attention_fn``
             with the parallel config on the module, and returns the function that puts the old ones back;
             ``None`` when the model's own processors already do.
+        refuse: ``refuse(module)`` says why this instance cannot be made context-parallel (a processor
+            the plan was not written for), or ``None``; asked before any collective.
 
     Example:
         >>> from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
@@ -52,6 +54,7 @@ class ContextParallelSpec:
 
     plan: dict[str, Any]
     processors: Callable[[torch.nn.Module], Callable[[], None]] | None = None
+    refuse: Callable[[torch.nn.Module], str | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -302,9 +305,7 @@ def check_context_parallel(name: str, module: torch.nn.Module, spec: Any, layout
     """
     what = f"the pipeline's {name!r} ({type(module).__name__})"
     cls = type(module).__name__
-    instead = (
-        f"Run it with CFG parallelism only: parallelize(pipe, degree=2) on 2 ranks (torchrun --nproc-per-node 2)"
-    )
+    instead = "Run it with CFG parallelism only: parallelize(pipe, degree=2) on 2 ranks (torchrun --nproc-per-node 2)"
     cp = context_parallel_spec(module, spec)
     if cp is None:
         raise SetupError(
@@ -317,6 +318,9 @@ def check_context_parallel(name: str, module: torch.nn.Module, spec: Any, layout
             "Load it without a parallel config and let parallelize() apply the layout."
         )
     layout.check_heads(attention_heads(module), what)
+    reason = cp.refuse(module) if cp.refuse is not None else None
+    if reason:
+        raise SetupError(f"xcfg: {what} cannot be made context-parallel: {reason}. {instead}.")
     if cp.processors is None:
         _check_backend(what, module, layout, instead)
     return cp
@@ -428,6 +432,8 @@ def enable_context_parallel(module: torch.nn.Module, cp: ContextParallelSpec, la
     had_own = "_parallel_config" in module.__dict__
     try:
         module.enable_parallelism(config=layout.context_parallel_config(mesh), cp_plan=cp.plan)
+        if layout.ulysses_anything or layout.ring_anything:
+            _padded_gathers(module, cp.plan, module._parallel_config.context_parallel_config)
     except BaseException:
         if restore_processors is not None:
             restore_processors()
@@ -443,3 +449,78 @@ def enable_context_parallel(module: torch.nn.Module, cp: ContextParallelSpec, la
             restore_processors()
 
     return undo
+
+
+def _padded_gathers(module: torch.nn.Module, plan: dict[str, Any], config: Any) -> None:
+    """Replace diffusers' gathers of uneven shares (``ulysses_anything`` / ``ring_anything``), which call
+    ``all_gather`` with tensors of different sizes (NCCL takes it, gloo refuses it), with one all-gather of
+    shares padded to the largest, trimmed after; same hook names, so ``remove_context_parallel`` removes them."""
+    from diffusers.hooks import HookRegistry
+    from diffusers.hooks.context_parallel import (
+        _CONTEXT_PARALLEL_OUTPUT_HOOK_TEMPLATE,
+        ContextParallelOutput,
+        _get_submodule_by_name,
+    )
+
+    for module_id, entry in plan.items():
+        if isinstance(entry, dict):
+            continue
+        outputs = [entry] if isinstance(entry, ContextParallelOutput) else list(entry)
+        targets = _get_submodule_by_name(module, module_id)
+        for target in targets if isinstance(targets, list) else [targets]:
+            registry = HookRegistry.check_if_exists_or_initialize(target)
+            name = _CONTEXT_PARALLEL_OUTPUT_HOOK_TEMPLATE.format(module_id)
+            registry.remove_hook(name, recurse=False)
+            registry.register_hook(_PaddedGatherHook(outputs, config), name)
+
+
+def _padded_gather_hook_class() -> type:
+    from diffusers.hooks import ModelHook
+
+    class PaddedGatherHook(ModelHook):
+        def __init__(self, outputs: list[Any], config: Any) -> None:
+            super().__init__()
+            self.outputs, self.config = outputs, config
+
+        def post_forward(self, module: torch.nn.Module, output: Any) -> Any:
+            single = isinstance(output, torch.Tensor)
+            items = [output] if single else list(output)
+            group = self.config._flattened_mesh.get_group()
+            for i, spec in enumerate(self.outputs):
+                if spec is not None:
+                    items[i] = gather_uneven(items[i], spec.gather_dim, group)
+            return items[0] if single else type(output)(items)
+
+    return PaddedGatherHook
+
+
+def gather_uneven(tensor: torch.Tensor, dim: int, group: Any) -> torch.Tensor:
+    """All-gather shares of different lengths along ``dim``, in rank order: one all-gather of the sizes, one
+    of the shares padded to the largest."""
+    import torch.distributed as dist
+
+    from ._group import _all_gather_single
+
+    world = dist.get_world_size(group)
+    dim = dim % tensor.dim()
+    sizes = torch.empty(world, dtype=torch.int64, device=tensor.device)
+    _all_gather_single(sizes, torch.tensor([tensor.shape[dim]], dtype=torch.int64, device=tensor.device), group=group)
+    sizes_list = sizes.tolist()
+    longest = max(sizes_list)
+    moved = tensor.movedim(dim, 0)
+    if moved.shape[0] < longest:
+        moved = torch.cat([moved, moved.new_zeros((longest - moved.shape[0], *moved.shape[1:]))])
+    out = moved.new_empty((world * longest, *moved.shape[1:]))
+    _all_gather_single(out, moved.contiguous(), group=group)
+    parts = [out[r * longest : r * longest + n] for r, n in enumerate(sizes_list)]
+    return torch.cat(parts).movedim(0, dim)
+
+
+def _PaddedGatherHook(outputs: list[Any], config: Any) -> Any:  # noqa: N802 (a class made on first use)
+    global _PADDED_GATHER_HOOK
+    if _PADDED_GATHER_HOOK is None:
+        _PADDED_GATHER_HOOK = _padded_gather_hook_class()
+    return _PADDED_GATHER_HOOK(outputs, config)
+
+
+_PADDED_GATHER_HOOK: type | None = None

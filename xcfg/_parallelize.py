@@ -360,12 +360,16 @@ def _install_layout(
     handle.layout, handle.mesh = layout, mesh
     names = mesh.mesh_dim_names
     cfg_group = CFGGroup.single()
-    if layout.cfg > 1:
-        cfg_group = CFGGroup.from_group(mesh.get_group(names.index("cfg")), timeout=timeout)
-        handle._undo.append(cfg_group.destroy)
-    for name, module in found.items():
-        if name in plans:
-            handle._undo.append(enable_context_parallel(module, plans[name], layout, mesh))
+    try:
+        if layout.cfg > 1:
+            cfg_group = CFGGroup.from_group(mesh.get_group(names.index("cfg")), timeout=timeout)
+            handle._undo.append(cfg_group.destroy)
+        for name, module in found.items():
+            if name in plans:
+                handle._undo.append(enable_context_parallel(module, plans[name], layout, mesh))
+    except BaseException:
+        handle.remove()
+        raise
     return cfg_group
 
 
