@@ -97,9 +97,15 @@ def _layout_rank(
             run.pipe.transformer = type(old).from_config({**old.config, **config})
         call = dict(call)
         text = call.pop("text_tokens", None)
+        hidden = call.pop("masked_tokens", 0)
         kwargs = {**run.kwargs, **call, "output_type": "pt"}
-        if text:  # shorter prompt embeddings
-            kwargs.update({k: kwargs[k][:, :text] for k in ("prompt_embeds", "negative_prompt_embeds")})
+        if text:  # shorter prompt embeddings (and masks)
+            names = ("prompt_embeds", "negative_prompt_embeds", "prompt_attention_mask", "negative_prompt_attention_mask")
+            kwargs.update({k: kwargs[k][:, :text] for k in names if k in kwargs})
+        for name in ("prompt_attention_mask", "negative_prompt_attention_mask"):
+            if hidden and name in kwargs:  # the prompt's last tokens are padding
+                kwargs[name] = kwargs[name].clone()
+                kwargs[name][:, -hidden:] = 0
         model = _denoiser(run.pipe)
         with TokenCounter(model) as single:
             expected = getattr(run.pipe(**kwargs, generator=torch.Generator().manual_seed(7)), run.output)
@@ -231,6 +237,16 @@ def test_cogvideox_uneven_text_and_image_with_rotary_embeddings():
         {"use_rotary_positional_embeddings": True, "max_text_seq_length": 7},
     )
     assert results[0]["single"][0][1] == 9 and results[0]["single_text"][0] == 7, results[0]
+    _check_shares(results, cfg=2, context=2, two_call=False)
+    for result in results:
+        context = result["rank_in_context"]
+        assert result["parallel_text"] == [_share(t, 2, context) for t in result["single_text"]], result
+
+
+def test_mochi_cfg2_ulysses2_with_its_prompt_mask():
+    # Mochi-1's 20,670 image tokens divide by 2, not 4; here 7 text tokens (the mask hides the last 2), shared
+    # 4/3 on the two ranks of a sequence, so the mask is split unevenly too
+    results = _run("mochi", {"degree": 2, "ulysses_degree": 2}, {"text_tokens": 7, "masked_tokens": 2})
     _check_shares(results, cfg=2, context=2, two_call=False)
     for result in results:
         context = result["rank_in_context"]
