@@ -251,3 +251,11 @@ def test_mochi_cfg2_ulysses2_with_its_prompt_mask():
     for result in results:
         context = result["rank_in_context"]
         assert result["parallel_text"] == [_share(t, 2, context) for t in result["single_text"]], result
+
+
+def test_sd3_cfg2_ulysses2_with_an_odd_prompt():
+    results = _run("sd3", {"degree": 2, "ulysses_degree": 2}, {"text_tokens": 5})  # 5 text tokens: 3/2
+    _check_shares(results, cfg=2, context=2, two_call=False)
+    for result in results:
+        context = result["rank_in_context"]
+        assert result["parallel_text"] == [_share(t, 2, context) for t in result["single_text"]], result
