@@ -91,7 +91,7 @@ class Layout:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        """The mesh shape, in the order of :data:`DIM_NAMES`."""
+        """The mesh shape, in the order of the dim names ``("cfg", "ring", "ulysses")``."""
         return (self.cfg, self.ring, self.ulysses)
 
     @property

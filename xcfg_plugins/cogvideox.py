@@ -184,7 +184,7 @@ VAE_SPECS = (
 # 1/n of both, and the joint attention gathers the whole sequence through diffusers' Ulysses/ring engine
 # (the order of the keys does not matter to attention). Keeping the text whole on every rank would count
 # its keys n times in that engine, and costs each rank the text's projections and MLP again (226 of
-# 17,776 tokens at 49x480x720: 5% more work per rank on 4, 10% on 8).
+# 17,776 tokens at 49x480x720: 4% more work per rank on 4, 9% on 8).
 
 
 def _cp_plan() -> dict[str, Any]:
