@@ -160,7 +160,7 @@ def _run(
 ) -> list[dict[str, Any]]:
     call = {"num_inference_steps": 2, **(call or {})}
     results = run_ranks(_layout_rank, example, layout, call, config or {}, world_size=4, timeout=240)
-    plan = xcfg.plan_layout(4, **{k.replace("_degree", ""): v for k, v in layout.items() if k != "degree"},
+    plan = xcfg.plan_layout(4, **{k.replace("_degree", ""): v for k, v in layout.items() if k.endswith("_degree")},
                             cfg=layout.get("degree", 2))
     for rank, result in enumerate(results):
         result["rank_in_context"] = plan.context_ranks(rank).index(rank)
@@ -259,3 +259,11 @@ def test_sd3_cfg2_ulysses2_with_an_odd_prompt():
     for result in results:
         context = result["rank_in_context"]
         assert result["parallel_text"] == [_share(t, 2, context) for t in result["single_text"]], result
+
+
+def test_hunyuan_video_true_cfg2_ulysses2_with_its_prompt_mask():
+    # two-call (true CFG): the cond call has 8 text tokens, the uncond call 6; one key mask over the whole
+    # sequence, cut to each rank's image and text shares
+    results = _run("hunyuan-video", {"degree": 2, "ulysses_degree": 2, "true_cfg": True}, {"masked_tokens": 3},
+                   {"num_layers": 2})
+    _check_shares(results, cfg=2, context=2, two_call=True)
