@@ -109,7 +109,9 @@ def _layout_rank(
         model = _denoiser(run.pipe)
         with TokenCounter(model) as single:
             expected = getattr(run.pipe(**kwargs, generator=torch.Generator().manual_seed(7)), run.output)
+        groups_before = _process_groups()
         handle = xcfg.parallelize(run.pipe, **layout)
+        groups_during = _process_groups()
         with TokenCounter(model) as parallel:
             actual = getattr(run.pipe(**kwargs, generator=torch.Generator().manual_seed(7)), run.output)
         hooks = sorted(model._diffusers_hook.hooks) if hasattr(model, "_diffusers_hook") else []
@@ -117,6 +119,7 @@ def _layout_rank(
         groups = len(handle.mesh.mesh_dim_names) if handle.mesh is not None else 0
         predictions = handle.wrapped[0].predictions if handle.wrapped else 0
         handle.remove()
+        groups_after = _process_groups()
         with TokenCounter(model) as after:
             again = getattr(run.pipe(**kwargs, generator=torch.Generator().manual_seed(7)), run.output)
         left = sorted(model._diffusers_hook.hooks) if hasattr(model, "_diffusers_hook") else []
@@ -126,14 +129,23 @@ def _layout_rank(
             "single": single.calls, "parallel": parallel.calls, "after": after.calls,
             "single_text": single.text, "parallel_text": parallel.text,
             "hooks": hooks, "hooks_after_remove": left, "shape": shape, "dims": groups,
-            "predictions": predictions,
+            "predictions": predictions, "groups": (groups_before, groups_during, groups_after),
             "parallel_config_after_remove": getattr(model, "_parallel_config", None) is not None,
         }
+
+
+def _process_groups() -> int:
+    """The process groups this rank belongs to (torch's registry of live groups)."""
+    from torch.distributed import distributed_c10d
+
+    return len(distributed_c10d._world.pg_map)
 
 
 def _check_shares(results: list[dict[str, Any]], cfg: int, context: int, two_call: bool) -> None:
     single = results[0]["single"]
     for rank, result in enumerate(results):
+        before, during, after = result["groups"]
+        assert during > before and after == before, ("remove() destroys the groups xcfg made", rank, result["groups"])
         assert result["error"] < 1e-4, (rank, result["error"])
         assert result["error_after_remove"] < 1e-6, (rank, result["error_after_remove"])
         assert result["after"] == single and not result["parallel_config_after_remove"], result
@@ -156,11 +168,12 @@ def _share(tokens: int, parts: int, index: int) -> int:
 
 
 def _run(
-    example: str, layout: dict[str, Any], call: dict[str, Any] | None = None, config: dict[str, Any] | None = None
+    example: str, layout: dict[str, Any], call: dict[str, Any] | None = None, config: dict[str, Any] | None = None,
+    world: int = 4,
 ) -> list[dict[str, Any]]:
     call = {"num_inference_steps": 2, **(call or {})}
-    results = run_ranks(_layout_rank, example, layout, call, config or {}, world_size=4, timeout=240)
-    plan = xcfg.plan_layout(4, **{k.replace("_degree", ""): v for k, v in layout.items() if k.endswith("_degree")},
+    results = run_ranks(_layout_rank, example, layout, call, config or {}, world_size=world, timeout=240)
+    plan = xcfg.plan_layout(world, **{k.replace("_degree", ""): v for k, v in layout.items() if k.endswith("_degree")},
                             cfg=layout.get("degree", 2))
     for rank, result in enumerate(results):
         result["rank_in_context"] = plan.context_ranks(rank).index(rank)
@@ -267,3 +280,40 @@ def test_hunyuan_video_true_cfg2_ulysses2_with_its_prompt_mask():
     results = _run("hunyuan-video", {"degree": 2, "ulysses_degree": 2, "true_cfg": True}, {"masked_tokens": 3},
                    {"num_layers": 2})
     _check_shares(results, cfg=2, context=2, two_call=True)
+
+
+def test_cogvideox_cfg2_ulysses4_on_8_ranks():
+    results = _run("cogvideox", {"degree": 2, "ulysses_degree": 4}, {"num_inference_steps": 1},
+                   {"num_attention_heads": 4}, world=8)
+    _check_shares(results, cfg=2, context=4, two_call=False)
+
+
+def _refusal_rank(rank: int, world: int) -> dict[str, str]:
+    with cpu_accelerator_shim():
+        run = xcfg.build_example("wan", size="tiny")
+        before = _process_groups()
+        out = {}
+        for label, layout in {
+            "ring_on_native": {"degree": 2, "ring_degree": 2},      # native attention has no log-sum-exp
+            "product": {"degree": 2, "ulysses_degree": 4},           # 8 ranks asked, 4 launched
+            "heads": {"degree": 1, "ulysses_degree": 4},             # 2 heads over 4 ranks
+        }.items():
+            try:
+                xcfg.parallelize(run.pipe, **layout)
+                out[label] = "accepted"
+            except xcfg.SetupError as err:
+                out[label] = str(err)
+        out["groups_unchanged"] = str(_process_groups() == before)
+        out["untouched"] = str(not getattr(run.pipe.transformer, "_diffusers_hook", None)
+                               or not run.pipe.transformer._diffusers_hook.hooks)
+        return out
+
+
+def test_refusals_come_before_any_collective_on_every_rank():
+    # a rank that raised before a collective its peers entered would leave them waiting: every rank refuses,
+    # and no process group was created
+    for result in run_ranks(_refusal_rank, world_size=4, timeout=120):
+        assert "log-sum-exp" in result["ring_on_native"] and "ulysses_degree=2" in result["ring_on_native"]
+        assert "torchrun --nproc-per-node 8" in result["product"]
+        assert "2 attention heads" in result["heads"]
+        assert result["groups_unchanged"] == "True" and result["untouched"] == "True", result
