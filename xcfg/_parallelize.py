@@ -60,6 +60,9 @@ class Parallelized:
         wrapped: one :class:`xcfg.Wrapped` per denoiser (empty when ``group.size == 1``).
         specs: the spec found for each denoiser, keyed by the pipeline attribute name; ``None`` for a
             denoiser no plugin names, whose style is inferred (see :attr:`inferred`).
+        layout: the :class:`xcfg.Layout` (cfg x ring x ulysses) when context parallelism was asked for,
+            else ``None``.
+        mesh: the ``DeviceMesh`` of that layout (dims ``"cfg"``, ``"ring"``, ``"ulysses"``), else ``None``.
 
     Example:
         >>> import xcfg
