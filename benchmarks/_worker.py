@@ -28,6 +28,7 @@ was measured.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import platform
@@ -259,16 +260,22 @@ class _Bench:
             PHASES[f"layout_{layout}"] = f"{gpus} GPUs, " + " x ".join(
                 f"{k} {v}" for k, v in degrees.items() if v > 1)
             mesh = _layout_mesh(self.device, self.world, degrees)
+            backend = contextlib.ExitStack()
+            if args.attention_backend:
+                from diffusers.models.attention_dispatch import attention_backend
+
+                backend.enter_context(attention_backend(args.attention_backend))
             try:
                 handle = xcfg.parallelize(pipe, mesh=mesh)
             except xcfg.RefusedError as err:  # refused on every rank, before any collective: the next layout
                 record["phases"][f"layout_{layout}"] = {"label": PHASES[f"layout_{layout}"], "gpus": gpus,
                                                         "refused": str(err)}
                 save()
+                backend.close()
                 if self.rank == 0:
                     print(f"bench: {name}: layout_{layout}: refused: {err}", flush=True)
                 continue
-            with handle:
+            with backend, handle:
                 phase(f"layout_{layout}", gpus, warm_decode=False)
         record["complete"] = True
         save()

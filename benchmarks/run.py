@@ -73,6 +73,8 @@ def parser() -> argparse.ArgumentParser:
                    "first ranks of the launch (the other ranks run copies of it): " + ", ".join(LAYOUTS)
                    + " (cfg2 = 2 GPUs of CFG parallelism, u4 = Ulysses 4, r2 = ring 2, cfg2xu4 = both on 8); the "
                    "1-GPU baseline is plain_1gpu. Use --nproc at least the largest layout")
+    p.add_argument("--attention-backend", help="diffusers attention backend for the --layouts phases (ring layouts "
+                   "need one with a log-sum-exp: _native_cudnn, flash); default: diffusers' active backend (native)")
     p.add_argument("--compile-mode", help="torch.compile mode for --compile (default: torch's default)")
     p.add_argument("--time-limit", type=float, help="seconds for the whole invocation: a launch still running then is "
                    "stopped and the models not started are skipped; the files are written either way")
@@ -225,6 +227,8 @@ def _passthrough(args: argparse.Namespace) -> list[str]:
     extra += ["--phases", ",".join(args.phases)]
     if args.layouts:
         extra += ["--layouts", ",".join(args.layouts)]
+    if args.attention_backend:
+        extra += ["--attention-backend", args.attention_backend]
     if args.compile_mode:
         extra += ["--compile-mode", args.compile_mode]
     return extra

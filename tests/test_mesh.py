@@ -109,6 +109,11 @@ def _layout_rank(
         model = _denoiser(run.pipe)
         with TokenCounter(model) as single:
             expected = getattr(run.pipe(**kwargs, generator=torch.Generator().manual_seed(7)), run.output)
+        layout = dict(layout)
+        if layout.pop("own_mesh", False):  # the user's own mesh: used as it is, never destroyed by xcfg
+            from torch.distributed.device_mesh import init_device_mesh
+
+            layout["mesh"] = init_device_mesh("cpu", (2, 1, 2), mesh_dim_names=("cfg", "ring", "ulysses"))
         groups_before = _process_groups()
         handle = xcfg.parallelize(run.pipe, **layout)
         groups_during = _process_groups()
@@ -141,11 +146,14 @@ def _process_groups() -> int:
     return len(distributed_c10d._world.pg_map)
 
 
-def _check_shares(results: list[dict[str, Any]], cfg: int, context: int, two_call: bool) -> None:
+def _check_shares(
+    results: list[dict[str, Any]], cfg: int, context: int, two_call: bool, kept_groups: int = 0
+) -> None:
     single = results[0]["single"]
     for rank, result in enumerate(results):
         before, during, after = result["groups"]
-        assert during > before and after == before, ("remove() destroys the groups xcfg made", rank, result["groups"])
+        assert during >= before and after == before + kept_groups, ("remove() destroys the groups xcfg made", rank,
+                                                                    result["groups"])
         assert result["error"] < 1e-4, (rank, result["error"])
         assert result["error_after_remove"] < 1e-6, (rank, result["error_after_remove"])
         assert result["after"] == single and not result["parallel_config_after_remove"], result
@@ -173,8 +181,8 @@ def _run(
 ) -> list[dict[str, Any]]:
     call = {"num_inference_steps": 2, **(call or {})}
     results = run_ranks(_layout_rank, example, layout, call, config or {}, world_size=world, timeout=240)
-    plan = xcfg.plan_layout(world, **{k.replace("_degree", ""): v for k, v in layout.items() if k.endswith("_degree")},
-                            cfg=layout.get("degree", 2))
+    cfg, ring, ulysses = results[0]["shape"]  # the layout parallelize planned
+    plan = xcfg.plan_layout(world, cfg=cfg, ring=ring, ulysses=ulysses)
     for rank, result in enumerate(results):
         result["rank_in_context"] = plan.context_ranks(rank).index(rank)
     return results
@@ -183,6 +191,7 @@ def _run(
 def test_wan_cfg2_ulysses2_equals_one_process_and_splits_calls_and_tokens():
     results = _run("wan", {"degree": 2, "ulysses_degree": 2})
     assert results[0]["shape"] == (2, 1, 2)
+    assert all(r["groups"][1] > r["groups"][0] for r in results)  # xcfg made groups, and destroyed them
     assert {"xcfg", "cp_input---"} <= set(results[0]["hooks"]), results[0]["hooks"]
     _check_shares(results, cfg=2, context=2, two_call=True)
     assert all(t == 12 for _, t in results[0]["single"])  # 3 latent frames x 2 x 2 patches
@@ -317,3 +326,11 @@ def test_refusals_come_before_any_collective_on_every_rank():
         assert "torchrun --nproc-per-node 8" in result["product"]
         assert "2 attention heads" in result["heads"]
         assert result["groups_unchanged"] == "True" and result["untouched"] == "True", result
+
+
+def test_a_users_own_mesh():
+    results = _run("wan", {"own_mesh": True})
+    assert results[0]["shape"] == (2, 1, 2)
+    # xcfg destroys its CFG control group; the ring x ulysses group diffusers flattened out of the user's mesh
+    # stays with that mesh (cached there for the next enable_parallelism), as do the mesh's own groups
+    _check_shares(results, cfg=2, context=2, two_call=True, kept_groups=1)
