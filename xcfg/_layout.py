@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from diffusers.hooks import ModelHook
 
 from ._errors import SetupError
 
@@ -474,24 +475,21 @@ def _padded_gathers(module: torch.nn.Module, plan: dict[str, Any], config: Any) 
             registry.register_hook(_PaddedGatherHook(outputs, config), name)
 
 
-def _padded_gather_hook_class() -> type:
-    from diffusers.hooks import ModelHook
+class _PaddedGatherHook(ModelHook):
+    """Gathers a module's outputs along their ``gather_dim`` with :func:`gather_uneven`."""
 
-    class PaddedGatherHook(ModelHook):
-        def __init__(self, outputs: list[Any], config: Any) -> None:
-            super().__init__()
-            self.outputs, self.config = outputs, config
+    def __init__(self, outputs: list[Any], config: Any) -> None:
+        super().__init__()
+        self.outputs, self.config = outputs, config
 
-        def post_forward(self, module: torch.nn.Module, output: Any) -> Any:
-            single = isinstance(output, torch.Tensor)
-            items = [output] if single else list(output)
-            group = self.config._flattened_mesh.get_group()
-            for i, spec in enumerate(self.outputs):
-                if spec is not None:
-                    items[i] = gather_uneven(items[i], spec.gather_dim, group)
-            return items[0] if single else type(output)(items)
-
-    return PaddedGatherHook
+    def post_forward(self, module: torch.nn.Module, output: Any) -> Any:
+        single = isinstance(output, torch.Tensor)
+        items = [output] if single else list(output)
+        group = self.config._flattened_mesh.get_group()
+        for i, spec in enumerate(self.outputs):
+            if spec is not None:
+                items[i] = gather_uneven(items[i], spec.gather_dim, group)
+        return items[0] if single else type(output)(items)
 
 
 def gather_uneven(tensor: torch.Tensor, dim: int, group: Any) -> torch.Tensor:
@@ -514,13 +512,3 @@ def gather_uneven(tensor: torch.Tensor, dim: int, group: Any) -> torch.Tensor:
     _all_gather_single(out, moved.contiguous(), group=group)
     parts = [out[r * longest : r * longest + n] for r, n in enumerate(sizes_list)]
     return torch.cat(parts).movedim(0, dim)
-
-
-def _PaddedGatherHook(outputs: list[Any], config: Any) -> Any:  # noqa: N802 (a class made on first use)
-    global _PADDED_GATHER_HOOK
-    if _PADDED_GATHER_HOOK is None:
-        _PADDED_GATHER_HOOK = _padded_gather_hook_class()
-    return _PADDED_GATHER_HOOK(outputs, config)
-
-
-_PADDED_GATHER_HOOK: type | None = None
