@@ -183,6 +183,32 @@ def compiled_table(results: dict[str, Any]) -> str | None:
     return "\n".join(lines)
 
 
+LAYOUT_COLUMNS = ("model", "layout", "GPUs", "s/step", "per-step speedup", "end to end (s)", "end-to-end speedup",
+                  "peak GiB/rank", "rel. error vs 1 GPU")
+
+
+def layouts_table(results: dict[str, Any]) -> str | None:
+    """One row per model and layout (``--layouts``), each against the same launch's 1-GPU run."""
+    lines = ["| " + " | ".join(LAYOUT_COLUMNS) + " |", "|" + "---|" * len(LAYOUT_COLUMNS)]
+    for model in results["models"]:
+        base = _phase(model, "plain_1gpu")
+        for key, phase in model.get("phases", {}).items():
+            if not key.startswith("layout_"):
+                continue
+            name = model.get("model") or model["example"]
+            if phase.get("refused"):
+                lines.append(f"| {name} | {key[7:]} | {phase.get('gpus', DASH)} | refused: {phase['refused']} |"
+                             + " |" * (len(LAYOUT_COLUMNS) - 4))
+                continue
+            lines.append("| " + " | ".join([
+                name, key[7:], str(phase.get("gpus")), _s(phase.get("step_median_s")),
+                _x(_ratio(base.get("step_median_s"), phase.get("step_median_s"))), _s(phase.get("e2e_s")),
+                _x(_ratio(base.get("e2e_s"), phase.get("e2e_s"))), _gib(_peak(model, key)),
+                _s(phase.get("rel_error")),
+            ]) + " |")
+    return "\n".join(lines) if len(lines) > 2 else None
+
+
 def _measured_in(results: dict[str, Any], index: int) -> list[str]:
     """The models with phases measured in run ``index`` (a model's phases may come from several runs)."""
     return [
@@ -254,6 +280,9 @@ def markdown(results: dict[str, Any]) -> str:
     compiled = compiled_table(results)
     if compiled:
         parts += ["torch.compile (the transformer; `--compile`):", "", compiled, ""]
+    layouts = layouts_table(results)
+    if layouts:
+        parts += ["Layouts (`--layouts`; CFG x ring x Ulysses, against the same launch's 1 GPU):", "", layouts, ""]
     parts += [notes(results), ""]
     return "\n".join(parts)
 
@@ -264,6 +293,9 @@ def console(results: dict[str, Any]) -> str:
     compiled = compiled_table(results)
     if compiled:
         parts += ["", compiled]
+    layouts = layouts_table(results)
+    if layouts:
+        parts += ["", layouts]
     return "\n".join(parts)
 
 
@@ -283,6 +315,9 @@ def readme(results: dict[str, Any]) -> str:
     compiled = compiled_table(results)
     if compiled:
         lines += [compiled, ""]
+    layouts = layouts_table(results)
+    if layouts:
+        lines += [layouts, ""]
     lines += [notes(results), "", "![per-step and end-to-end speedup](speedup.png)", "", "## Where they come from", ""]
     for index, run in enumerate(runs):
         env = run.get("environment") or {}

@@ -11,6 +11,11 @@ Phases, in order, on the same pipeline object (so the model is built and the ker
 - ``xcfg_2gpu``: ``xcfg.parallelize(pipe)`` on 2 GPUs.
 - with ``--compile``: ``compiled_1gpu`` (``transformer.compile()``, every rank alone) and
   ``compiled_xcfg_2gpu`` (the same compiled transformer with xcfg on 2 GPUs).
+- with ``--layouts``: ``layout_<name>`` for each layout (``cfg2xu4``: CFG 2 x Ulysses 4), after the phases
+  above: ``xcfg.parallelize(pipe, mesh=...)`` on a mesh ``(replica, cfg, ring, ulysses)`` over the whole
+  launch, so a layout of fewer ranks than the launch runs as identical replicas (rank 0's replica reports).
+  With ``--cpu`` (gloo, no accelerator) diffusers' ``enable_parallelism`` needs the accelerator count seen
+  as 1 inside its config set-up: :func:`_cpu_accelerator_shim`, applied in this benchmark's CPU smoke mode only.
 
 Each phase: a warm-up run, then one timed pipeline call. Per step: a CUDA event recorded in
 ``callback_on_step_end`` (no synchronize, so the CPU queues ahead as in a user's run; a timestamp on
@@ -23,6 +28,7 @@ was measured.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import platform
@@ -248,6 +254,29 @@ class _Bench:
                 torch._dynamo.reset()  # trace again, with the xcfg wrapper in the forward
                 with xcfg.parallelize(pipe):
                     phase("compiled_xcfg_2gpu", 2, warm_decode=False)
+        for layout in args.layouts or ():
+            degrees = _layout_degrees(layout)
+            gpus = degrees["cfg"] * degrees["ring"] * degrees["ulysses"]
+            PHASES[f"layout_{layout}"] = f"{gpus} GPUs, " + " x ".join(
+                f"{k} {v}" for k, v in degrees.items() if v > 1)
+            mesh = _layout_mesh(self.device, self.world, degrees)
+            backend = contextlib.ExitStack()
+            if args.attention_backend:
+                from diffusers.models.attention_dispatch import attention_backend
+
+                backend.enter_context(attention_backend(args.attention_backend))
+            try:
+                handle = xcfg.parallelize(pipe, mesh=mesh)
+            except xcfg.RefusedError as err:  # refused on every rank, before any collective: the next layout
+                record["phases"][f"layout_{layout}"] = {"label": PHASES[f"layout_{layout}"], "gpus": gpus,
+                                                        "refused": str(err)}
+                save()
+                backend.close()
+                if self.rank == 0:
+                    print(f"bench: {name}: layout_{layout}: refused: {err}", flush=True)
+                continue
+            with backend, handle:
+                phase(f"layout_{layout}", gpus, warm_decode=False)
         record["complete"] = True
         save()
         del pipe, run, kwargs, reference
@@ -256,6 +285,41 @@ class _Bench:
         gc.collect()
         if self.cuda:
             torch.cuda.empty_cache()
+
+
+def _layout_degrees(name: str) -> dict[str, int]:
+    from run import layout_degrees
+
+    return layout_degrees(name)
+
+
+def _layout_mesh(device: torch.device, world: int, degrees: dict[str, int]) -> Any:
+    """A mesh ``(replica, cfg, ring, ulysses)`` over the whole launch."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    ranks = degrees["cfg"] * degrees["ring"] * degrees["ulysses"]
+    return init_device_mesh(
+        device.type, (world // ranks, degrees["cfg"], degrees["ring"], degrees["ulysses"]),
+        mesh_dim_names=("replica", "cfg", "ring", "ulysses"),
+    )
+
+
+def _cpu_accelerator_shim() -> None:
+    """CPU smoke mode only: diffusers' parallel-config set-up computes ``rank % torch.accelerator.device_count()``,
+    0 without an accelerator; inside that set-up alone, the count is seen as 1."""
+    from diffusers.models.modeling_utils import ModelMixin
+
+    original = ModelMixin._resolve_parallel_config
+    count = torch.accelerator.device_count
+
+    def resolve(self: Any, config: Any) -> Any:
+        torch.accelerator.device_count = lambda: max(count(), 1)
+        try:
+            return original(self, config)
+        finally:
+            torch.accelerator.device_count = count
+
+    ModelMixin._resolve_parallel_config = resolve
 
 
 def _fmt(x: Any) -> str:
@@ -368,6 +432,8 @@ def main(args: Any) -> int:
         raise SystemExit("run.py --worker must run under torchrun")
     if args.cpu:
         torch.set_num_threads(1)
+        if args.layouts:
+            _cpu_accelerator_shim()
     raw = Path(args.raw)
     bench = _Bench(args, device, raw)
     try:

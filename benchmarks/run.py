@@ -10,6 +10,8 @@ phase is timed.
     python benchmarks/run.py --cpu                      # 2 gloo ranks, tiny configs, seconds (what CI runs)
     python benchmarks/run.py cogvideox sd3 --out DIR    # full size on 2 GPUs (benchmarks/gpu.sh on a lent machine)
     python benchmarks/run.py --merge A/results.json B/results.json --out benchmarks/results
+    python benchmarks/run.py cogvideox --nproc 8 --phases plain_1gpu --layouts cfg2,u2,cfg2xu2,u4,cfg2xu4,u8
+    python benchmarks/run.py wan --cpu --nproc 4 --phases plain_1gpu --layouts cfg2,cfg2xu2   # CPU smoke
 
 It writes ``results.json`` (every number, the card, the versions and the exact command), ``results.md``
 (the table), ``speedup.png`` and ``README.md`` into ``--out`` after every launch, so a run stopped by
@@ -67,6 +69,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--phases", type=_phases, help="comma-separated phases to time, of: " + ", ".join(PHASES)
                    + " (default: the first four, and the compiled ones with --compile; plain_1gpu always runs: it "
                    "is the reference)")
+    p.add_argument("--layouts", type=_layouts, help="comma-separated layouts to time after the phases, each on the "
+                   "first ranks of the launch (the other ranks run copies of it): " + ", ".join(LAYOUTS)
+                   + " (cfg2 = 2 GPUs of CFG parallelism, u4 = Ulysses 4, r2 = ring 2, cfg2xu4 = both on 8); the "
+                   "1-GPU baseline is plain_1gpu. Use --nproc at least the largest layout")
+    p.add_argument("--attention-backend", help="diffusers attention backend for the --layouts phases (ring layouts "
+                   "need one with a log-sum-exp: _native_cudnn, flash); default: diffusers' active backend (native)")
     p.add_argument("--compile-mode", help="torch.compile mode for --compile (default: torch's default)")
     p.add_argument("--time-limit", type=float, help="seconds for the whole invocation: a launch still running then is "
                    "stopped and the models not started are skipped; the files are written either way")
@@ -77,6 +85,30 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--raw", help=argparse.SUPPRESS)
     return p
+
+
+LAYOUTS = ("cfg2", "u2", "r2", "cfg2xu2", "cfg2xr2", "u4", "r4", "cfg2xu4", "cfg2xr2xu2", "u8")
+"""Layouts ``--layouts`` knows: ``cfg<n>``, ``r<n>`` (ring) and ``u<n>`` (Ulysses) joined by ``x``."""
+
+
+def layout_degrees(name: str) -> dict[str, int]:
+    """``"cfg2xu4"`` -> ``{"cfg": 2, "ring": 1, "ulysses": 4}``."""
+    degrees = {"cfg": 1, "ring": 1, "ulysses": 1}
+    for part in name.split("x"):
+        for prefix, key in (("cfg", "cfg"), ("r", "ring"), ("u", "ulysses")):
+            if part.startswith(prefix) and part[len(prefix):].isdigit():
+                degrees[key] = int(part[len(prefix):])
+                break
+        else:
+            raise argparse.ArgumentTypeError(f"unknown layout part {part!r} in {name!r}: use cfg<n>, r<n>, u<n> joined by x")
+    return degrees
+
+
+def _layouts(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    for name in names:
+        layout_degrees(name)
+    return names
 
 
 def _phases(text: str) -> list[str]:
@@ -114,6 +146,11 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         Path(tempfile.mkdtemp(prefix="xcfg-bench-cpu-")) if args.cpu else ROOT / "benchmarks" / "results"
     )
     out.mkdir(parents=True, exist_ok=True)
+    if args.layouts:
+        largest = max(_product(layout_degrees(n)) for n in args.layouts)
+        if largest > args.nproc:
+            print(f"bench: the layout of {largest} ranks needs --nproc {largest} or more (got {args.nproc})", file=sys.stderr)
+            return 2
     if not args.cpu:
         import torch
 
@@ -168,6 +205,10 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     return 0 if all(r.get("status") == "ok" for r in results["models"]) else 1
 
 
+def _product(degrees: dict[str, int]) -> int:
+    return degrees["cfg"] * degrees["ring"] * degrees["ulysses"]
+
+
 def _script_path() -> str:
     try:
         return os.path.relpath(Path(sys.argv[0]).resolve(), Path.cwd())
@@ -184,6 +225,10 @@ def _passthrough(args: argparse.Namespace) -> list[str]:
     if args.warmup_steps is not None:
         extra += ["--warmup-steps", str(args.warmup_steps)]
     extra += ["--phases", ",".join(args.phases)]
+    if args.layouts:
+        extra += ["--layouts", ",".join(args.layouts)]
+    if args.attention_backend:
+        extra += ["--attention-backend", args.attention_backend]
     if args.compile_mode:
         extra += ["--compile-mode", args.compile_mode]
     return extra

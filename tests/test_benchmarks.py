@@ -98,3 +98,18 @@ def test_the_proxy_cost_benchmark_runs_on_cpu(tmp_path: Path, monkeypatch: pytes
     for key in ("direct_s", "proxy_s", "round_trip_s"):
         assert len(result[key]) == 2 and all(t > 0 for t in result[key]), key
     assert result["output_bytes"] > 0 and "cost_median_s" in result
+
+
+@pytest.mark.timeout(120)
+def test_cpu_layouts_on_4_ranks(tmp_path: Path) -> None:
+    """``--layouts`` on 4 gloo ranks: each layout equals the 1-rank run; a layout the model cannot take is
+    refused and recorded, and the launch goes on."""
+    done = _run("wan", "--cpu", "--nproc", "4", "--steps", "2", "--warmup-steps", "1", "--phases", "plain_1gpu",
+                "--layouts", "cfg2,u2,cfg2xu2,u4", "--out", str(tmp_path), timeout=110)
+    assert done.returncode == 0, f"runner failed ({done.returncode}):\n{done.stdout[-6000:]}\n{done.stderr[-3000:]}"
+    model = json.loads((tmp_path / "results.json").read_text())["models"][0]
+    for key, gpus in (("layout_cfg2", 2), ("layout_u2", 2), ("layout_cfg2xu2", 4)):
+        phase = model["phases"][key]
+        assert phase["gpus"] == gpus and phase["ranks_identical"] and phase["rel_error"] < 1e-4, (key, phase)
+    assert "2 attention heads" in model["phases"]["layout_u4"]["refused"]
+    assert "| Wan 2.1 T2V | cfg2xu2 | 4 |" in (tmp_path / "results.md").read_text()

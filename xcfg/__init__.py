@@ -42,6 +42,7 @@ from ._launch import Launched, launch
 from ._parallelize import Parallelized, parallelize
 from ._registry import Registered, Registry, default_registry
 from ._hook import Wrapped, wrap_denoiser
+from ._layout import ContextParallelSpec, Layout, layout_from_mesh, plan_layout
 from ._spec import BatchInput, CFGStyle, Example, ExampleRun, ModelSpec, VAESpec
 from ._vae import PMap, install_vae_split
 
@@ -51,6 +52,7 @@ __all__ = [
     "BatchInput",
     "CFGGroup",
     "CFGStyle",
+    "ContextParallelSpec",
     "DivergenceError",
     "Example",
     "ExampleRun",
@@ -58,6 +60,7 @@ __all__ = [
     "Launched",
     "ModelSpec",
     "NoCFGError",
+    "Layout",
     "PMap",
     "Parallelized",
     "RankError",
@@ -85,7 +88,9 @@ __all__ = [
     "init_distributed",
     "install_vae_split",
     "launch",
+    "layout_from_mesh",
     "parallelize",
+    "plan_layout",
     "register_plugin",
     "unregister_plugin",
     "wrap_denoiser",

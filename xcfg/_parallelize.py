@@ -16,11 +16,13 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from ._errors import UnsupportedModelError
 from ._group import DEFAULT_TIMEOUT, CFGGroup
 from ._hook import Wrapped, install
 from ._infer import Inferred, spec_source
+from ._layout import Layout, build_mesh, check_context_parallel, destroy_groups, enable_context_parallel
 from ._notices import warn_once
 from ._pipeline import install_pipeline_hooks
 from ._refusals import (
@@ -58,6 +60,9 @@ class Parallelized:
         wrapped: one :class:`xcfg.Wrapped` per denoiser (empty when ``group.size == 1``).
         specs: the spec found for each denoiser, keyed by the pipeline attribute name; ``None`` for a
             denoiser no plugin names, whose style is inferred (see :attr:`inferred`).
+        layout: the :class:`xcfg.Layout` (cfg x ring x ulysses) when context parallelism was asked for,
+            else ``None``.
+        mesh: the ``DeviceMesh`` of that layout (dims ``"cfg"``, ``"ring"``, ``"ulysses"``), else ``None``.
 
     Example:
         >>> import xcfg
@@ -81,6 +86,8 @@ class Parallelized:
         self.wrapped = wrapped if wrapped is not None else []
         self._undo = undo if undo is not None else []
         self._removed = False
+        self.layout: Layout | None = None  # the cfg x ring x ulysses plan, when context parallelism is on
+        self.mesh: Any = None  # its DeviceMesh (dims "cfg", "ring", "ulysses")
 
     @property
     def active(self) -> bool:
@@ -142,6 +149,11 @@ def parallelize(
     vae_output: str = "all",
     registry: Registry | None = None,
     infer: bool = True,
+    ring_degree: int = 1,
+    ulysses_degree: int = 1,
+    context_parallel: Any = None,
+    mesh: Any = None,
+    uneven: str = "auto",
 ) -> Parallelized:
     """Run the pipeline's classifier-free guidance batch split across the ranks of a CFG group.
 
@@ -177,6 +189,18 @@ def parallelize(
             call is also computed whole and compared; the first predicted uncond call is also computed
             for real). What cannot be verified runs whole, with a warning. ``False`` refuses such
             models with :class:`xcfg.UnsupportedModelError`, as a plugin-only registry would.
+        ring_degree: ranks that split each sequence with ring attention (diffusers' context parallelism).
+        ulysses_degree: ranks that split each sequence with Ulysses attention. With either above 1, the
+            world is one layout, ``degree x ring_degree x ulysses_degree`` ranks (see
+            :func:`xcfg.plan_layout`): xcfg builds one ``DeviceMesh`` with dims ``"cfg"``, ``"ring"`` and
+            ``"ulysses"``, splits the CFG batch over the ``cfg`` dim and hands the other two to diffusers'
+            ``enable_parallelism`` on every denoiser.
+        context_parallel: a diffusers ``ContextParallelConfig`` instead of the two degrees (its ``mesh``
+            is not read; pass ``mesh=`` for that).
+        mesh: your own ``DeviceMesh`` with dims named ``"cfg"`` (optional), ``"ring"`` and ``"ulysses"``
+            (and any others, not read); xcfg uses it instead of building one and never destroys it.
+        uneven: what a sequence the context degree does not divide does: ``"auto"`` (diffusers'
+            ``ulysses_anything`` / ``ring_anything``) or ``"even"``; see :func:`xcfg.plan_layout`.
 
     Returns:
         A :class:`Parallelized` handle; ``handle.remove()`` undoes everything.
@@ -189,6 +213,9 @@ def parallelize(
             that is not 2 ranks, a model on another rank's device, or a backend that cannot carry the
             model's tensors, or a VAE whose decode another handle split already.
         ValueError: ``vae_output`` is neither ``"all"`` nor ``"rank0"``.
+        SetupError: with context parallelism, also degrees whose product is not the world size, a model
+            with no context-parallel plan, heads no mode divides, an attention backend without
+            context-parallel support, or a ControlNet (its residuals would need the same split).
 
     Example:
         >>> import xcfg
@@ -204,14 +231,19 @@ def parallelize(
     check_not_parallelized(pipe, found)
     specs = {name: spec_for(name, module, registry, true_cfg=true_cfg, infer=infer) for name, module in found.items()}
     check_pipeline(pipe, found, specs)
-    size = planned_size(group, degree)
+    layout = _plan(group, degree, ring_degree, ulysses_degree, context_parallel, mesh, uneven)
+    size = layout.cfg if layout is not None else planned_size(group, degree)
     for name, spec in specs.items():
         if spec is not None:
             check_style(spec, size, repr(name))
-    if size > 1:
+    if size > 1 or layout is not None:
         check_devices(found, group.group if isinstance(group, CFGGroup) else group)
     handle = Parallelized(pipe, CFGGroup.single(), specs)
-    cfg_group = _resolve_group(group, degree, timeout)
+    if layout is not None:
+        plans = _check_layout(found, specs, layout)  # refusals: before the mesh, the first collective
+        cfg_group = _install_layout(handle, found, plans, layout, mesh, timeout)
+    else:
+        cfg_group = _resolve_group(group, degree, timeout)
     handle.group = cfg_group
     if cfg_group.size == 1:
         return _mark(pipe, handle)
@@ -270,6 +302,78 @@ def _denoisers(pipe: Any, registry: Registry, infer: bool) -> dict[str, torch.nn
         if isinstance(module, torch.nn.Module) and (infer or registry.lookup(type(module)) is not None):
             found[name] = module
     return found
+
+
+def _plan(group: Any, degree: int, ring: int, ulysses: int, config: Any, mesh: Any, uneven: str) -> Layout | None:
+    """The layout of a call that asks for context parallelism (``None`` otherwise); no collective."""
+    from ._errors import SetupError
+    from ._layout import layout_from_config, layout_from_mesh, plan_layout
+
+    if config is None and mesh is None and ring == 1 and ulysses == 1:
+        return None
+    if group is not None:
+        raise SetupError(
+            "xcfg: pass either group= (CFG parallelism on your process group) or a layout (ring_degree=, "
+            "ulysses_degree=, context_parallel= or mesh=), not both; for your own groups with context parallelism "
+            "build a DeviceMesh with dims ('cfg', 'ring', 'ulysses') and pass mesh="
+        )
+    if mesh is not None:
+        return layout_from_mesh(mesh, uneven=uneven)
+    if not (dist.is_available() and dist.is_initialized()):
+        raise SetupError(
+            "xcfg: context parallelism (ring_degree / ulysses_degree) needs a process group: launch with torchrun "
+            "and call xcfg.init_distributed() before parallelize()"
+        )
+    world = dist.get_world_size()
+    if config is not None:
+        return layout_from_config(world, degree, config)
+    return plan_layout(world, cfg=degree, ring=ring, ulysses=ulysses, uneven=uneven)
+
+
+def _check_layout(found: dict[str, torch.nn.Module], specs: dict[str, ModelSpec | None], layout: Layout) -> dict[str, Any]:
+    """Every refusal of context parallelism, on every rank, before any collective."""
+    from ._errors import SetupError
+
+    if not layout.context_parallel:
+        return {}
+    plans = {}
+    for name, module in found.items():
+        if name in AUXILIARY_ATTRIBUTES:
+            raise SetupError(
+                f"xcfg: the pipeline's {name!r} adds residuals to the denoiser's blocks, which context parallelism "
+                "would need split the same way; xcfg does not do that yet. Run it with CFG parallelism only: "
+                "parallelize(pipe, degree=2) on 2 ranks."
+            )
+        plans[name] = check_context_parallel(name, module, specs[name], layout)
+    return plans
+
+
+def _install_layout(
+    handle: Parallelized, found: dict[str, torch.nn.Module], plans: dict[str, Any], layout: Layout, mesh: Any,
+    timeout: datetime.timedelta,
+) -> CFGGroup:
+    """Build the mesh (unless given), enable context parallelism on each denoiser and return the CFG group
+    of the cfg dim; every step leaves its undo on the handle."""
+    owned = mesh is None
+    if owned:
+        devices = [module_device(m) for m in found.values()]
+        device_type = "cuda" if any(d is not None and d.type == "cuda" for d in devices) else "cpu"
+        mesh, groups = build_mesh(layout, device_type, timeout)
+        handle._undo.append(lambda: destroy_groups(groups))  # runs last: after everything that uses them
+    handle.layout, handle.mesh = layout, mesh
+    names = mesh.mesh_dim_names
+    cfg_group = CFGGroup.single()
+    try:
+        if layout.cfg > 1:
+            cfg_group = CFGGroup.from_group(mesh.get_group(names.index("cfg")), timeout=timeout)
+            handle._undo.append(cfg_group.destroy)
+        for name, module in found.items():
+            if name in plans:
+                handle._undo.append(enable_context_parallel(module, plans[name], layout, mesh))
+    except BaseException:
+        handle.remove()
+        raise
+    return cfg_group
 
 
 def _resolve_group(group: Any, degree: int, timeout: datetime.timedelta) -> CFGGroup:

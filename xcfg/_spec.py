@@ -13,6 +13,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ._errors import SpecError
+from ._layout import ContextParallelSpec
 
 __all__ = ["BatchInput", "CFGStyle", "Example", "ExampleRun", "ModelSpec", "VAESpec"]
 
@@ -166,6 +167,9 @@ class ModelSpec(_ClassSpec):
             the pipeline shows: a step-distilled checkpoint flagged on the pipeline (FLUX.2 Klein's
             ``is_distilled``), or a pipeline whose uncond call gets other latents (Cosmos Video2World).
             ``parallelize`` raises :class:`xcfg.UnsupportedPipelineError` with the reason.
+        context_parallel: how to split this model's sequence across ranks (a
+            :class:`xcfg.ContextParallelSpec`), for a model diffusers ships no ``_cp_plan`` for; ``None``
+            uses diffusers' own plan, if any.
 
     Example:
         >>> from xcfg import ModelSpec
@@ -184,6 +188,7 @@ class ModelSpec(_ClassSpec):
     no_cfg_reason: str | None = None
     guidance_distilled: Callable[[torch.nn.Module], bool] | None = None
     refuse: Callable[[Any, torch.nn.Module], str | None] | None = None
+    context_parallel: ContextParallelSpec | None = None
 
     @field_validator("batch_inputs", mode="before")
     @classmethod

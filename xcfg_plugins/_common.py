@@ -59,3 +59,37 @@ def stitch_tiles(
             if c:
                 row[c] = vae.blend_h(row[c - 1], row[c], blend[1])
     return torch.cat([torch.cat([t[..., : keep[0], : keep[1]] for t in row], dim=-1) for row in grid], dim=-2)
+
+
+# -- context parallel --------------------------------------------------------------------------------
+
+
+class ProcessorSwap:
+    """Gives every attention module of a denoiser whose processor class is named ``old`` an instance of
+    ``new`` (a processor that goes through diffusers' ``dispatch_attention_fn``); calling it returns the
+    undo. :meth:`refuse` says, before anything is changed, why a model's processors cannot be swapped."""
+
+    def __init__(self, old: str, new: type) -> None:
+        self.old, self.new = old, new
+
+    def refuse(self, module: torch.nn.Module) -> str | None:
+        for name, m in module.named_modules():
+            processor = getattr(m, "processor", None)
+            if processor is not None and type(processor).__name__ != self.old:
+                return (
+                    f"{name} of {type(module).__name__} uses the attention processor {type(processor).__name__}; "
+                    f"context parallelism replaces {self.old} only. Restore it (model.set_attn_processor("
+                    f"{self.old}())) before parallelize()"
+                )
+        return None
+
+    def __call__(self, module: torch.nn.Module) -> Any:
+        swapped = [(m, m.processor) for m in module.modules() if getattr(m, "processor", None) is not None]
+        for m, _ in swapped:
+            m.processor = self.new()
+
+        def undo() -> None:
+            for m, processor in swapped:
+                m.processor = processor
+
+        return undo

@@ -117,6 +117,103 @@ EXAMPLES = (
     ),
 )
 
+# -- context parallel --------------------------------------------------------------------------------
+# diffusers ships no _cp_plan for HunyuanVideo; its block processor already goes through
+# dispatch_attention_fn. The plan splits the image tokens (and their rotary embedding, at the output of
+# ``rope``) and the text tokens together at the first dual-stream block, as for CogVideoX (the text token
+# refiner runs before, on the whole prompt, with diffusers' plain AttnProcessor2_0, which context
+# parallelism leaves alone). The forward builds one key mask over ``[all image, all text]`` tokens; the
+# processor below cuts each rank's ``[image_i, text_i]`` out of it, from the lengths a forward pre-hook reads
+# off the call's inputs. Image-to-video with token replacement (``image_condition_type="token_replace"``)
+# treats the first frame's tokens apart and is refused.
+
+
+def _cp_plan() -> dict[str, Any]:
+    from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
+
+    return {
+        "rope": {
+            0: ContextParallelInput(split_dim=0, expected_dims=2, split_output=True),
+            1: ContextParallelInput(split_dim=0, expected_dims=2, split_output=True),
+        },
+        "transformer_blocks.0": {
+            "hidden_states": ContextParallelInput(split_dim=1, expected_dims=3),
+            "encoder_hidden_states": ContextParallelInput(split_dim=1, expected_dims=3),
+        },
+        "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
+    }
+
+
+def _processor_class() -> type:
+    from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
+
+    class HunyuanVideoParallelAttnProcessor(HunyuanVideoAttnProcessor2_0):
+        """diffusers' processor, with the whole-sequence key mask cut to this rank's share of the tokens."""
+
+        def __init__(self, lengths: dict[str, int]) -> None:
+            super().__init__()
+            self.lengths = lengths
+
+        def __call__(self, attn: Any, hidden_states: Any, encoder_hidden_states: Any = None,
+                     attention_mask: Any = None, image_rotary_emb: Any = None) -> Any:
+            if attention_mask is not None and self._parallel_config is not None:
+                attention_mask = self._share(attention_mask)
+            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+
+        def _share(self, mask: Any) -> Any:
+            import torch
+
+            image, text = self.lengths["image"], self.lengths["text"]
+            if mask.shape[-1] != image + text:
+                return mask
+            group = self._parallel_config.context_parallel_config._flattened_mesh.get_group()
+            size, rank = torch.distributed.get_world_size(group), torch.distributed.get_rank(group)
+            return torch.cat([mask[..., :image].tensor_split(size, dim=-1)[rank],
+                              mask[..., image:].tensor_split(size, dim=-1)[rank]], dim=-1)
+
+    return HunyuanVideoParallelAttnProcessor
+
+
+def _install_processors(module: Any) -> Any:
+    cls = _processor_class()
+    lengths: dict[str, int] = {}
+    config = module.config
+
+    def record(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        text = kwargs["encoder_hidden_states"] if "encoder_hidden_states" in kwargs else args[2]
+        _, _, frames, height, width = hidden.shape
+        lengths["image"] = (frames // config.patch_size_t) * (height // config.patch_size) * (width // config.patch_size)
+        lengths["text"] = int(text.shape[1])
+
+    swapped = [(m, m.processor) for m in module.modules()
+               if type(getattr(m, "processor", None)).__name__ == "HunyuanVideoAttnProcessor2_0"]
+    for m, _ in swapped:
+        m.processor = cls(lengths)
+    hook = module.register_forward_pre_hook(record, with_kwargs=True)
+
+    def undo() -> None:
+        hook.remove()
+        for m, processor in swapped:
+            m.processor = processor
+
+    return undo
+
+
+def _refuse(module: Any) -> str | None:
+    if module.config.get("image_condition_type") == "token_replace":
+        return "image-to-video with token replacement treats the first frame's tokens apart from the others"
+    for name, m in module.named_modules():
+        processor = type(getattr(m, "processor", None)).__name__
+        if name.startswith(("transformer_blocks", "single_transformer_blocks")) and hasattr(m, "processor") \
+                and processor != "HunyuanVideoAttnProcessor2_0":
+            return f"{name} uses the attention processor {processor}, which the plan was not written for"
+    return None
+
+
+CONTEXT_PARALLEL = xcfg.ContextParallelSpec(plan=_cp_plan(), processors=_install_processors, refuse=_refuse)
+SPECS = tuple(spec.model_copy(update={"context_parallel": CONTEXT_PARALLEL}) for spec in SPECS)
+
 # -- hooks -------------------------------------------------------------------------------------------
 
 

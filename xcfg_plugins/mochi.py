@@ -151,6 +151,98 @@ VAE_SPECS = (
     ),
 )
 
+# -- context parallel --------------------------------------------------------------------------------
+# diffusers ships no _cp_plan for Mochi, and its processor calls F.scaled_dot_product_attention once per
+# sample, on the prompt tokens its mask marks valid. The plan splits the image tokens (and their rotary
+# embedding, at the output of ``rope``) and the text tokens together at the first block, as for CogVideoX;
+# the processor below turns the prompt mask into an additive key mask on its share of the tokens (the
+# time embedding pools the whole prompt with the whole mask, so the mask is not split at the root) and
+# makes one call for the whole batch through diffusers' ``dispatch_attention_fn``. Image outputs equal the
+# per-sample computation; the outputs of masked prompt tokens, which no later token reads, are not zeroed.
+
+
+def _cp_plan() -> dict[str, Any]:
+    from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
+
+    return {
+        "rope": {
+            0: ContextParallelInput(split_dim=0, expected_dims=3, split_output=True),
+            1: ContextParallelInput(split_dim=0, expected_dims=3, split_output=True),
+        },
+        "transformer_blocks.0": {
+            "hidden_states": ContextParallelInput(split_dim=1, expected_dims=3),
+            "encoder_hidden_states": ContextParallelInput(split_dim=1, expected_dims=3),
+        },
+        "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
+    }
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    even, odd = x[..., 0::2].float(), x[..., 1::2].float()
+    return torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1).flatten(-2).to(x.dtype)
+
+
+class MochiParallelAttnProcessor:
+    """Mochi's joint attention through diffusers' ``dispatch_attention_fn`` with a key mask for the prompt."""
+
+    _attention_backend = None
+    _parallel_config = None
+
+    def __call__(
+        self,
+        attn: Any,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor,
+        image_rotary_emb: Any = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+        def heads(t: torch.Tensor) -> torch.Tensor:
+            return t.unflatten(2, (attn.heads, -1))
+
+        query, key, value = heads(attn.to_q(hidden_states)), heads(attn.to_k(hidden_states)), heads(attn.to_v(hidden_states))
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        text_q = heads(attn.add_q_proj(encoder_hidden_states))
+        text_k = heads(attn.add_k_proj(encoder_hidden_states))
+        text_v = heads(attn.add_v_proj(encoder_hidden_states))
+        if attn.norm_added_q is not None:
+            text_q = attn.norm_added_q(text_q)
+        if attn.norm_added_k is not None:
+            text_k = attn.norm_added_k(text_k)
+        if image_rotary_emb is not None:
+            query, key = _rotate(query, *image_rotary_emb), _rotate(key, *image_rotary_emb)
+        image, text = query.size(1), text_q.size(1)
+        mask = None
+        if attention_mask is not None:
+            valid = attention_mask
+            if valid.shape[1] != text:  # the whole prompt's mask: take this rank's share of it
+                config = self._parallel_config.context_parallel_config
+                group = config._flattened_mesh.get_group()
+                valid = valid.tensor_split(torch.distributed.get_world_size(group), dim=1)[
+                    torch.distributed.get_rank(group)
+                ]
+            keep = torch.cat([valid.new_ones(valid.shape[0], image), valid], dim=1).bool()
+            mask = torch.zeros(keep.shape, dtype=query.dtype, device=query.device)
+            mask = mask.masked_fill(~keep, torch.finfo(query.dtype).min)
+        out = dispatch_attention_fn(
+            torch.cat([query, text_q], dim=1), torch.cat([key, text_k], dim=1), torch.cat([value, text_v], dim=1),
+            attn_mask=mask, backend=self._attention_backend, parallel_config=self._parallel_config,
+        )
+        hidden_states, encoder_hidden_states = out.flatten(2, 3).split_with_sizes((image, text), dim=1)
+        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
+        if hasattr(attn, "to_add_out"):
+            encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
+        return hidden_states, encoder_hidden_states
+
+
+_SWAP = _common.ProcessorSwap("MochiAttnProcessor2_0", MochiParallelAttnProcessor)
+CONTEXT_PARALLEL = xcfg.ContextParallelSpec(plan=_cp_plan(), processors=_SWAP, refuse=_SWAP.refuse)
+SPECS = tuple(spec.model_copy(update={"context_parallel": CONTEXT_PARALLEL}) for spec in SPECS)
+
 # -- hooks -------------------------------------------------------------------------------------------
 
 

@@ -181,6 +181,71 @@ VAE_SPECS = (
     ),
 )
 
+# -- context parallel --------------------------------------------------------------------------------
+# diffusers ships no _cp_plan for SD3, and its JointAttnProcessor2_0 calls F.scaled_dot_product_attention
+# directly. The plan splits the image tokens and the text tokens (77 CLIP + 256 T5 = 333, odd) together at
+# the first block, as for CogVideoX; the processor below is the joint attention through diffusers'
+# ``dispatch_attention_fn`` (SD3.5's image-only second attention too).
+
+
+def _cp_plan() -> dict[str, Any]:
+    from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
+
+    return {
+        "transformer_blocks.0": {
+            "hidden_states": ContextParallelInput(split_dim=1, expected_dims=3),
+            "encoder_hidden_states": ContextParallelInput(split_dim=1, expected_dims=3),
+        },
+        "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
+    }
+
+
+class SD3ParallelAttnProcessor:
+    """SD3's joint attention through diffusers' ``dispatch_attention_fn`` (its parallel config splits it)."""
+
+    _attention_backend = None
+    _parallel_config = None
+
+    def __call__(
+        self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None, *args: Any, **kwargs: Any,
+    ) -> Any:
+        from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+        def heads(t: torch.Tensor) -> torch.Tensor:
+            return t.unflatten(2, (attn.heads, -1))
+
+        query, key, value = heads(attn.to_q(hidden_states)), heads(attn.to_k(hidden_states)), heads(attn.to_v(hidden_states))
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        image = query.size(1)
+        if encoder_hidden_states is not None:
+            text_q = heads(attn.add_q_proj(encoder_hidden_states))
+            text_k = heads(attn.add_k_proj(encoder_hidden_states))
+            text_v = heads(attn.add_v_proj(encoder_hidden_states))
+            if attn.norm_added_q is not None:
+                text_q = attn.norm_added_q(text_q)
+            if attn.norm_added_k is not None:
+                text_k = attn.norm_added_k(text_k)
+            query, key, value = (torch.cat(pair, dim=1) for pair in ((query, text_q), (key, text_k), (value, text_v)))
+        out = dispatch_attention_fn(
+            query, key, value, backend=self._attention_backend, parallel_config=self._parallel_config
+        ).flatten(2, 3).to(query.dtype)
+        hidden_states = attn.to_out[1](attn.to_out[0](out[:, :image]))
+        if encoder_hidden_states is None:
+            return hidden_states
+        encoder_hidden_states = out[:, image:]
+        if not attn.context_pre_only:
+            encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
+        return hidden_states, encoder_hidden_states
+
+
+_SWAP = _common.ProcessorSwap("JointAttnProcessor2_0", SD3ParallelAttnProcessor)
+CONTEXT_PARALLEL = xcfg.ContextParallelSpec(plan=_cp_plan(), processors=_SWAP, refuse=_SWAP.refuse)
+SPECS = tuple(spec.model_copy(update={"context_parallel": CONTEXT_PARALLEL}) for spec in SPECS)
+
 # -- hooks -------------------------------------------------------------------------------------------
 
 
