@@ -119,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         if _is_rank_zero():
             print(f"xcfg: error: {err}", file=sys.stderr, flush=True)
         return USER_ERROR
+    except BrokenPipeError:  # `xcfg list | head`: the reader left; say nothing more
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - replaces the closed pipe until exit
+        return 0
 
 
 def _is_rank_zero() -> bool:
