@@ -552,6 +552,11 @@ def _run(args: argparse.Namespace) -> int:
     handle.remove()
 
     split = tally.summary()
+    if not handle.active:  # a world of one: xcfg installed nothing, whatever the hooks saw
+        split.update(calls_split=0, calls_computed_here=split["denoiser_calls"],
+                     samples_computed_here=split["samples_requested"], batch_computed_here=split["batch_requested"])
+    elif args.compile:  # the layers run inside the compiled graph, where the counting hooks do not fire
+        split.update(calls_split=None, calls_computed_here=None, samples_computed_here=None, batch_computed_here=None)
     group = handle.group.size
     report: dict[str, Any] = {
         "example": name, "description": description, "ranks": world, "backend": backend, "device": str(device),
@@ -588,7 +593,11 @@ def _print_report(report: dict[str, Any], world: int) -> None:
     one, many = report["step_seconds_1_rank"], report["step_seconds_n_ranks"]
     if one is not None:
         print(f"  1 rank : {one:.4f} s/step (median)")
-    if split["calls_split"] == 0:
+    if split["calls_split"] is None:
+        print(f"  {world} ranks: {many:.4f} s/step (median)" + (f"  ->  {one / many:.2f}x" if one else ""))
+        print(f"  split: xcfg is installed on CFG groups of {report['cfg_group_size']}; under --compile the calls each "
+              "rank computed are not counted")
+    elif split["calls_split"] == 0:
         why = "a world of one" if world == 1 else "CFG off, or calls xcfg runs whole (see the warnings above)"
         print(f"  {world} rank(s): {many:.4f} s/step (median); nothing was split ({why}): every rank ran all "
               f"{split['denoiser_calls']} denoiser calls whole, so there is no speedup to report")
