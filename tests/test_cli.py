@@ -136,7 +136,8 @@ def test_help_and_argument_errors_load_neither_torch_nor_diffusers(argv):
 
 def test_checking_an_example_name_loads_the_registry_but_not_diffusers():
     result = _fresh(PROBE.format(argv=["--example", "nope"]))
-    assert "EXIT 2 ['torch']" in result.stdout, result.stdout + result.stderr
+    exit_code, loaded = result.stdout.rsplit("EXIT ", 1)[1].split(" ", 1)
+    assert exit_code == "2" and "diffusers" not in loaded, result.stdout + result.stderr
     assert len(result.stderr.splitlines()) == 1 and "no such example" in result.stderr
 
 
