@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.bench
+
 ROOT = Path(__file__).resolve().parent.parent
 RUNNER = ROOT / "benchmarks" / "run.py"
 MODELS = ("cogvideox", "mochi", "sd3.5-large", "sd3")
@@ -80,3 +82,19 @@ def test_merge_combines_result_files(cpu_results: Path, tmp_path: Path) -> None:
     assert len(merged["runs"]) == 1  # the same models twice: the later copy wins, its run is kept
     assert [m["example"] for m in merged["models"]] == list(MODELS)
     assert (tmp_path / "speedup.png").exists() and (tmp_path / "README.md").exists()
+
+
+@pytest.mark.ranks
+@pytest.mark.timeout(180)
+def test_the_proxy_cost_benchmark_runs_on_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``benchmarks/proxy_cost.py --cpu`` times direct, proxy and empty calls on one pool and writes them."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import proxy_cost
+
+    out = tmp_path / "proxy.json"
+    assert proxy_cost.main(["--cpu", "--repeats", "2", "--start-method", "forkserver", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["device"] == "cpu" and result["nproc"] == 2 and result["repeats"] == 2
+    for key in ("direct_s", "proxy_s", "round_trip_s"):
+        assert len(result[key]) == 2 and all(t > 0 for t in result[key]), key
+    assert result["output_bytes"] > 0 and "cost_median_s" in result

@@ -120,6 +120,7 @@ print("EXIT", code, sorted(m for m in ("torch", "diffusers") if m in sys.modules
 """
 
 
+@pytest.mark.ranks  # a fresh interpreter: a subprocess
 @pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["--nproc", "3"], ["--model", "/no/such"],
                                   ["--guidance-scale", "1"], ["--bogus"]])
 def test_help_and_argument_errors_load_neither_torch_nor_diffusers(argv):
@@ -134,6 +135,7 @@ def test_help_and_argument_errors_load_neither_torch_nor_diffusers(argv):
         assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr, result.stderr
 
 
+@pytest.mark.ranks  # a fresh interpreter: a subprocess
 def test_checking_an_example_name_loads_the_registry_but_not_diffusers():
     result = _fresh(PROBE.format(argv=["--example", "nope"]))
     exit_code, loaded = result.stdout.rsplit("EXIT ", 1)[1].split(" ", 1)
@@ -141,6 +143,7 @@ def test_checking_an_example_name_loads_the_registry_but_not_diffusers():
     assert len(result.stderr.splitlines()) == 1 and "no such example" in result.stderr
 
 
+@pytest.mark.ranks  # a fresh interpreter: a subprocess
 def test_the_console_script_runs_the_same_main():
     result = subprocess.run([sys.executable, "-m", "xcfg", "--nproc", "3"], capture_output=True, text=True,
                             timeout=120, cwd=ROOT)
@@ -215,6 +218,7 @@ def test_a_two_rank_run_reports_what_was_split_and_says_each_warning_once(tmp_pa
     assert not repeated, repeated
 
 
+@pytest.mark.ranks  # a fresh interpreter: a subprocess
 def test_one_rank_says_nothing_was_split_instead_of_a_speedup(tmp_path):
     result, report = _run_command(tmp_path, "--example", "cogvideox", "--size", "tiny", "--steps", "2", "--nproc", "1")
     assert report["split"]["calls_split"] == 0

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+
 import torch
 
 import xcfg
 from xcfg.testing import relative_error, run_ranks
+
+pytestmark = pytest.mark.ranks
 
 
 def _compile_rank(rank: int, world: int) -> dict:

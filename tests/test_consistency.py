@@ -15,6 +15,8 @@ import torch
 import xcfg
 from xcfg.testing import BatchCounter, check_example, relative_error, run_ranks
 
+pytestmark = pytest.mark.ranks
+
 
 def _pipeline(name: str = "cogvideox", steps: int = 3):
     run = xcfg.build_example(name, size="tiny")
@@ -300,20 +302,20 @@ def test_parallelize_twice_is_refused_before_any_collective():
 
 
 def _device_rank(rank: int, world: int) -> dict:
-    import xcfg._parallelize as parallelize_module
+    import xcfg._refusals as refusals
 
     pipe, _, _ = _pipeline(steps=2)
     outcomes = {}
-    real = parallelize_module._module_device
+    real = refusals.module_device
     try:
         # what each rank would see with its pipeline on a GPU: gloo cannot carry CUDA tensors
-        parallelize_module._module_device = lambda module: torch.device("cuda", rank)
+        refusals.module_device = lambda module: torch.device("cuda", rank)
         try:
             xcfg.parallelize(pipe)
         except xcfg.SetupError as err:
             outcomes["gloo_cuda"] = str(err)
     finally:
-        parallelize_module._module_device = real
+        refusals.module_device = real
     return outcomes
 
 
@@ -324,14 +326,14 @@ def test_a_backend_that_cannot_carry_the_tensors_is_refused():
 
 def test_a_model_on_another_ranks_gpu_is_refused(monkeypatch):
     """One process is enough: the check is local (LOCAL_RANK against the model's device)."""
-    import xcfg._parallelize as parallelize_module
+    import xcfg._refusals as refusals
 
     monkeypatch.setenv("LOCAL_RANK", "1")
-    monkeypatch.setattr(parallelize_module, "backend_for", lambda group, device: "nccl")
-    monkeypatch.setattr(parallelize_module, "_module_device", lambda module: torch.device("cuda", 0))
+    monkeypatch.setattr(refusals, "backend_for", lambda group, device: "nccl")
+    monkeypatch.setattr(refusals, "module_device", lambda module: torch.device("cuda", 0))
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     with pytest.raises(xcfg.SetupError, match=r"cuda:0.*local rank 1"):
-        parallelize_module._check_devices({"transformer": torch.nn.Linear(1, 1)}, None)
-    monkeypatch.setattr(parallelize_module, "_module_device", lambda module: torch.device("cpu"))
+        refusals.check_devices({"transformer": torch.nn.Linear(1, 1)}, None)
+    monkeypatch.setattr(refusals, "module_device", lambda module: torch.device("cpu"))
     with pytest.raises(xcfg.SetupError, match="NCCL"):
-        parallelize_module._check_devices({"transformer": torch.nn.Linear(1, 1)}, None)
+        refusals.check_devices({"transformer": torch.nn.Linear(1, 1)}, None)

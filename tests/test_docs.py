@@ -29,6 +29,8 @@ import xcfg  # noqa: E402
 import xcfg.testing  # noqa: E402
 from xcfg import _hookspecs, _registry  # noqa: E402
 
+pytestmark = pytest.mark.docs
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 EXAMPLES = DOCS / "examples"

@@ -99,6 +99,7 @@ def built(tmp_path_factory):
     return _build(tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("dist"))
 
 
+@pytest.mark.ranks  # subprocesses: the build backend
 def test_wheel_and_sdist_build_without_warnings(built):
     wheel, sdist, output = built
     warnings = [line for line in output.splitlines() if "warning" in line.lower()]
@@ -114,6 +115,7 @@ def test_wheel_and_sdist_build_without_warnings(built):
         assert any(n.endswith("/LICENSE") for n in archive.getnames())
 
 
+@pytest.mark.ranks  # subprocesses: venv, pip, the installed command
 def test_wheel_installs_beside_the_diffusers_present_and_imports(built, tmp_path):
     """A fresh venv that sees this environment's packages: pip, offline, installs xcfg and nothing else,
     so the diffusers there stays; then ``import xcfg`` and ``xcfg --help`` work from the installed copy."""

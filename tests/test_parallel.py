@@ -12,6 +12,8 @@ from toys import TOY_SPEC, ToyDenoiser, ToyPlugin, UnknownDenoiser, toy_inputs, 
 import xcfg
 from xcfg.testing import RanksFailed, check_example, relative_error, run_ranks
 
+pytestmark = pytest.mark.ranks
+
 
 @pytest.mark.parametrize("name", ["cogvideox", "sd3", "mochi"])
 def test_builtin_pipeline_equals_one_process_and_halves_the_batch(name):
@@ -97,7 +99,7 @@ def _refusal_rank(rank: int, world: int) -> dict:
 
     for label, pipe in (("flux", FluxPipe()), ("unknown", UnknownPipe())):
         try:
-            xcfg.parallelize(pipe)
+            xcfg.parallelize(pipe, infer=False)  # inference off: unknown models are refused
             outcomes[label] = "accepted"
         except xcfg.RefusedError as err:
             outcomes[label] = f"{type(err).__name__}: {err}"
@@ -105,7 +107,7 @@ def _refusal_rank(rank: int, world: int) -> dict:
     return outcomes
 
 
-def test_flux_and_unknown_models_are_refused_on_every_rank_before_any_collective():
+def test_flux_and_unknown_models_with_inference_off_are_refused_on_every_rank_before_any_collective():
     for result in run_ranks(_refusal_rank, timeout=120):
         assert result["flux"].startswith("NoCFGError") and "guidance-distilled" in result["flux"]
         assert result["unknown"].startswith("UnsupportedModelError") and "UnknownDenoiser" in result["unknown"]
@@ -266,6 +268,7 @@ def _incomplete_spec_rank(rank: int, world: int) -> str:
 def test_a_spec_missing_a_batch_argument_raises_instead_of_a_wrong_result():
     for message in run_ranks(_incomplete_spec_rank, timeout=120):
         assert "missing from the spec" in message, message
+        assert "encoder_hidden_states" in message, "the undeclared argument that carries the batch is named"
 
 
 def _bare_failure_rank(rank: int, world: int) -> str:
@@ -289,3 +292,57 @@ def test_a_bare_denoiser_failing_at_its_last_call_makes_every_rank_raise():
     rank0, rank1 = run_ranks(_bare_failure_rank, timeout=120)
     assert rank0.startswith("call 2: RankFailedError") and "last call fails" in rank0, rank0
     assert rank1.startswith("call 2: RuntimeError"), rank1
+
+
+def _explicit_group_and_degree_rank(rank: int, world: int) -> dict:
+    import torch.distributed as dist
+
+    registry = xcfg.Registry(autoload=False)
+    registry.register(ToyPlugin(), name="toys")
+    x = toy_inputs(4)
+    reference = toy_model()
+    expected = reference(**x, return_dict=False)[0]
+    outcomes = {}
+    # a torch.distributed process group passed explicitly: all 4 ranks share one CFG batch of 4
+    model = toy_model()
+    handle = xcfg.parallelize(model, group=dist.new_group(list(range(world))), registry=registry)
+    outcomes["group"] = (relative_error(model(**x, return_dict=False)[0], expected), model.batches, handle.group.size)
+    handle.remove()
+    # degree 4 from the default group: the same split
+    model = toy_model()
+    handle = xcfg.parallelize(model, degree=4, registry=registry)
+    outcomes["degree"] = (relative_error(model(**x, return_dict=False)[0], expected), model.batches, handle.group.size)
+    handle.remove()
+    return outcomes
+
+
+def test_an_explicit_process_group_and_a_degree_of_four_split_a_batch_of_four():
+    for result in run_ranks(_explicit_group_and_degree_rank, world_size=4, timeout=180):
+        for label in ("group", "degree"):
+            error, batches, size = result[label]
+            assert error < 1e-6 and batches == [1] and size == 4, (label, result)
+
+
+def _autograd_rank(rank: int, world: int) -> dict:
+    registry = xcfg.Registry(autoload=False)
+    registry.register(ToyPlugin(), name="toys")
+    x = toy_inputs(2)
+    reference = toy_model()
+    reference(**x, return_dict=False)[0].square().sum().backward()
+    model = toy_model()
+    xcfg.parallelize(model, registry=registry)
+    out = model(**x, return_dict=False)[0]
+    out.square().sum().backward()
+    return {"batches": model.batches, "grad": model.proj.weight.grad.tolist(), "reference": reference.proj.weight.grad.tolist()}
+
+
+def test_gradients_flow_through_the_gather():
+    # the gather's backward sums every rank's gradient of this rank's share (each rank's loss covers the whole
+    # batch): averaged over the ranks, as data parallelism does, the weights' gradient is one process's
+    results = run_ranks(_autograd_rank, timeout=120)
+    for result in results:
+        assert result["batches"] == [1], result
+    grads = [torch.tensor(r["grad"]) for r in results]
+    reference = torch.tensor(results[0]["reference"])
+    assert relative_error(sum(grads) / len(grads), reference) < 1e-5
+    assert relative_error(grads[0], reference) > 1e-2, "each rank computed only its share"

@@ -17,6 +17,8 @@ import torch
 import xcfg
 from xcfg.testing import check_example, relative_error, run_ranks
 
+pytestmark = pytest.mark.ranks
+
 MODULES = ["ltx", "pixart", "sana", "allegro", "hunyuan_dit"]
 EXAMPLES = ["ltx", "ltx-i2v", "ltx-condition", "pixart-alpha", "pixart-sigma", "sana", "allegro", "hunyuan-dit"]
 

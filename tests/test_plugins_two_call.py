@@ -19,6 +19,8 @@ import torch
 import xcfg
 from xcfg.testing import BatchCounter, relative_error, run_ranks
 
+pytestmark = pytest.mark.ranks
+
 STEPS = 4
 TIMEOUT = 240
 

@@ -168,6 +168,7 @@ def family(request: pytest.FixtureRequest, every_rank: list[dict[str, Any]]) -> 
     return request.param, _part(every_rank, request.param)
 
 
+@pytest.mark.ranks
 def test_split_decode_equals_one_process_tiled_decode(family):
     name, ranks = family
     for r in ranks:
@@ -175,6 +176,7 @@ def test_split_decode_equals_one_process_tiled_decode(family):
         assert r["all_error"] < TOLERANCE, r
 
 
+@pytest.mark.ranks
 def test_each_rank_decodes_only_its_share_of_tiles(family):
     name, ranks = family
     single = ranks[0]["single_calls"]
@@ -185,12 +187,14 @@ def test_each_rank_decodes_only_its_share_of_tiles(family):
     assert [r["rank0_calls"] for r in ranks] == shares, "rank-0 output mode splits the same way"
 
 
+@pytest.mark.ranks
 def test_rank0_output_mode(family):
     name, ranks = family
     assert ranks[0]["rank0_error"] < TOLERANCE, ranks[0]
     assert ranks[1]["rank0_shape_ok"] and ranks[1]["rank0_placeholder"], ranks[1]
 
 
+@pytest.mark.ranks
 def test_decode_without_tiling_runs_whole_on_every_rank(family):
     name, ranks = family
     for r in ranks:
@@ -198,12 +202,14 @@ def test_decode_without_tiling_runs_whole_on_every_rank(family):
         assert r["untiled_calls"] == r["whole_calls"], r
 
 
+@pytest.mark.ranks
 def test_removal_restores_the_vae(family):
     name, ranks = family
     for r in ranks:
         assert r["removed"] and r["signature_restored"] and r["twice_refused"], r
 
 
+@pytest.mark.ranks
 @pytest.mark.parametrize("where, failing", [("tiles", 1), ("blend", 0)])
 def test_a_failing_rank_makes_every_rank_raise(family, where, failing):
     name, ranks = family
@@ -240,6 +246,7 @@ def _pipeline_rank(rank: int, world: int) -> dict[str, Any]:
     return out
 
 
+@pytest.mark.ranks
 def test_pipeline_end_to_end_equals_one_process(every_rank):
     ranks = _part(every_rank, "pipeline")
     single = ranks[0]["single_calls"]

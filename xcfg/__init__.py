@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._errors import (
     DivergenceError,
+    LaunchError,
     NoCFGError,
     RankError,
     RankFailedError,
@@ -30,6 +31,10 @@ from ._errors import (
     ShapeError,
     SpecError,
     UnsupportedModelError,
+    UnsupportedPipelineError,
+    WorkerDiedError,
+    WorkerError,
+    WorkerTimeoutError,
     XcfgError,
 )
 from ._log import is_main_process, log_all_ranks
@@ -42,18 +47,21 @@ _LAZY = {
     "Parallelized": "_parallelize", "parallelize": "_parallelize",
     "Registered": "_registry", "Registry": "_registry", "default_registry": "_registry",
     "BatchInput": "_spec", "CFGStyle": "_spec", "Example": "_spec", "ExampleRun": "_spec", "ModelSpec": "_spec",
-    "PMap": "_vae", "VAESpec": "_vae", "install_vae_split": "_vae",
-    "Wrapped": "_wrapper", "wrap_denoiser": "_wrapper",
+    "Launched": "_launch", "launch": "_launch",
+    "VAESpec": "_spec",
+    "PMap": "_vae", "install_vae_split": "_vae",
+    "Wrapped": "_hook", "wrap_denoiser": "_hook",
 }
 
 if TYPE_CHECKING:
     from ._group import CFGGroup, init_distributed
+    from ._hook import Wrapped, wrap_denoiser
     from ._hookspecs import hookimpl
+    from ._launch import Launched, launch
     from ._parallelize import Parallelized, parallelize
     from ._registry import Registered, Registry, default_registry
-    from ._spec import BatchInput, CFGStyle, Example, ExampleRun, ModelSpec
-    from ._vae import PMap, VAESpec, install_vae_split
-    from ._wrapper import Wrapped, wrap_denoiser
+    from ._spec import BatchInput, CFGStyle, Example, ExampleRun, ModelSpec, VAESpec
+    from ._vae import PMap, install_vae_split
 
 
 def __getattr__(name: str) -> Any:
@@ -84,6 +92,8 @@ __all__ = [
     "DivergenceError",
     "Example",
     "ExampleRun",
+    "LaunchError",
+    "Launched",
     "ModelSpec",
     "NoCFGError",
     "PMap",
@@ -99,7 +109,11 @@ __all__ = [
     "ShapeError",
     "SpecError",
     "UnsupportedModelError",
+    "UnsupportedPipelineError",
     "VAESpec",
+    "WorkerDiedError",
+    "WorkerError",
+    "WorkerTimeoutError",
     "Wrapped",
     "XcfgError",
     "__version__",
@@ -110,6 +124,7 @@ __all__ = [
     "install_vae_split",
     "is_main_process",
     "log_all_ranks",
+    "launch",
     "parallelize",
     "register_plugin",
     "unregister_plugin",

@@ -476,7 +476,7 @@ def _quiet_other_ranks(rank: int) -> None:
 
 
 def _enable_vae_tiling(pipe: Any, registry: Any) -> bool:
-    from ._vae import VAESpec
+    from ._spec import VAESpec
 
     vae = getattr(pipe, "vae", None)
     if vae is None or not hasattr(vae, "enable_tiling") or registry.lookup(type(vae), kind=VAESpec) is None:

@@ -5,10 +5,15 @@ The hierarchy::
     XcfgError                      base of everything below
     ├── SpecError (ValueError)     a malformed model spec, caught when it is registered or installed
     ├── RefusedError               xcfg will not parallelize this pipeline; nothing was changed
-    │   ├── UnsupportedModelError  no plugin knows the denoiser's class
+    │   ├── UnsupportedModelError  no plugin knows the denoiser's class (inference off)
     │   ├── NoCFGError             the model has no uncond/cond pair to split (guidance-distilled)
+    │   ├── UnsupportedPipelineError  the model is known, but this pipeline's calls cannot be split correctly
     │   └── SetupError             the set-up cannot work: world size, device, backend, applied twice
     ├── ShapeError (ValueError)    a batch argument's shape does not match the batch of the call
+    ├── LaunchError                a worker pool started by xcfg.launch failed; raised in the calling process
+    │   ├── WorkerError            a worker raised; names the rank and its error; the pool stays usable
+    │   ├── WorkerDiedError        a worker process exited (killed, out of memory); the pool is closed
+    │   └── WorkerTimeoutError     no answer from the workers within the timeout; the pool is closed
     └── RankError                  the ranks of a CFG group stopped agreeing; raised on every rank
         ├── RankFailedError        a rank raised; the others raise this, naming it and its error
         ├── RankMismatchError      the ranks reached different points (a different call, batch or end)
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 __all__ = [
     "DivergenceError",
+    "LaunchError",
     "NoCFGError",
     "RankError",
     "RankFailedError",
@@ -33,6 +39,10 @@ __all__ = [
     "ShapeError",
     "SpecError",
     "UnsupportedModelError",
+    "UnsupportedPipelineError",
+    "WorkerDiedError",
+    "WorkerError",
+    "WorkerTimeoutError",
     "XcfgError",
 ]
 
@@ -68,7 +78,7 @@ class RefusedError(XcfgError):
         >>> class Pipe:
         ...     transformer = torch.nn.Linear(2, 2)
         >>> try:
-        ...     xcfg.parallelize(Pipe())
+        ...     xcfg.parallelize(Pipe(), infer=False)   # no plugin names Linear, and inference is off
         ... except xcfg.RefusedError as err:
         ...     print(type(err).__name__)
         UnsupportedModelError
@@ -81,6 +91,19 @@ class UnsupportedModelError(RefusedError):
     Example:
         >>> import xcfg
         >>> issubclass(xcfg.UnsupportedModelError, xcfg.RefusedError)
+        True
+    """
+
+
+class UnsupportedPipelineError(RefusedError):
+    """The plugin knows the denoiser, but this pipeline uses it in a way xcfg cannot split correctly.
+
+    The message carries the plugin's reason (its spec's ``refuse``), for example a pipeline whose uncond
+    call gets other latents than its cond call.
+
+    Example:
+        >>> import xcfg
+        >>> issubclass(xcfg.UnsupportedPipelineError, xcfg.RefusedError)
         True
     """
 
@@ -177,5 +200,81 @@ class RankTimeoutError(RankError):
     Example:
         >>> import xcfg
         >>> issubclass(xcfg.RankTimeoutError, xcfg.RankError)
+        True
+    """
+
+
+class LaunchError(XcfgError):
+    """A worker pool started by :func:`xcfg.launch` failed, or was used after it closed.
+
+    Raised in the calling process, never in a worker.
+
+    Attributes:
+        rank: the worker the error is about, or ``None`` when it is about the pool as a whole.
+
+    Example:
+        >>> import xcfg
+        >>> xcfg.LaunchError("the pool is closed", rank=None).rank is None
+        True
+    """
+
+    def __init__(self, message: str, *, rank: int | None = None) -> None:
+        super().__init__(message)
+        self.rank = rank
+
+
+class WorkerError(LaunchError):
+    """A worker raised while building the pipeline or running a call; the message names the rank and its error.
+
+    When the other ranks raised only because that rank failed (:class:`RankFailedError`), the error
+    names the rank that failed first. A call that failed this way leaves the pool usable: the next
+    call runs normally.
+
+    Attributes:
+        rank: the rank whose error is reported.
+        errors: each failing rank's traceback, as text, keyed by rank.
+
+    Example:
+        >>> import xcfg
+        >>> err = xcfg.WorkerError("worker rank 1 raised ValueError: boom", rank=1, errors={1: "..."})
+        >>> err.rank, sorted(err.errors)
+        (1, [1])
+    """
+
+    def __init__(self, message: str, *, rank: int | None = None, errors: dict[int, str] | None = None) -> None:
+        super().__init__(message, rank=rank)
+        self.errors = dict(errors or {})
+
+
+class WorkerDiedError(LaunchError):
+    """A worker process exited while the pool was in use (killed, out of memory, a crash); the pool is closed.
+
+    Start a new pool with :func:`xcfg.launch`.
+
+    Attributes:
+        rank: the worker that died.
+        exitcode: its exit code; negative for the signal that ended it (``-9``: SIGKILL, which is also
+            what the out-of-memory killer sends).
+
+    Example:
+        >>> import xcfg
+        >>> xcfg.WorkerDiedError("worker rank 1 died", rank=1, exitcode=-9).exitcode
+        -9
+    """
+
+    def __init__(self, message: str, *, rank: int | None = None, exitcode: int | None = None) -> None:
+        super().__init__(message, rank=rank)
+        self.exitcode = exitcode
+
+
+class WorkerTimeoutError(LaunchError, TimeoutError):
+    """The workers did not answer within the pool's timeout; the pool is closed (its workers are stopped).
+
+    During a call, every message from the workers (a progress-bar update too) restarts the wait, so
+    the timeout bounds a silence, not the length of a call.
+
+    Example:
+        >>> import xcfg
+        >>> issubclass(xcfg.WorkerTimeoutError, TimeoutError)
         True
     """

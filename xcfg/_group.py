@@ -179,9 +179,13 @@ class CFGGroup:
         self._control_call(lambda: _all_gather_single(out, tensor, group=self.group), "the output all-gather")
         return out
 
-    def backend_for(self, device: torch.device) -> str | None:
-        """The backend the data plane uses for tensors on ``device``, or ``None`` if it has none."""
-        return backend_for(self.group, device)
+    def gather_to_root(self, tensor: torch.Tensor) -> list[torch.Tensor] | None:
+        """Every rank's ``tensor`` (same shape everywhere) on rank 0 of the group, in group order; ``None``
+        on the other ranks."""
+        tensor = tensor.contiguous()
+        chunks = [torch.empty_like(tensor) for _ in range(self.size)] if self.rank == 0 else None
+        self._control_call(lambda: dist.gather(tensor, chunks, group=self.group, group_dst=0), "a gather to rank 0")
+        return chunks
 
     # -- control plane -------------------------------------------------------------------------------
 

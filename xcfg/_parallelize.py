@@ -1,31 +1,52 @@
-"""``xcfg.parallelize(pipe)``: find the denoisers, refuse what cannot work, install the wrappers."""
+"""``xcfg.parallelize(pipe)``: find the denoisers, refuse what cannot work, install the wrappers.
+
+The path of one ``parallelize`` call: find the denoisers (:func:`_denoisers`); look each class up in the
+registry, or leave it to inference (:func:`xcfg._refusals.spec_for`); run every refusal
+(:mod:`xcfg._refusals`), all before any collective; make the CFG group (:mod:`xcfg._group`) and agree on
+the set-up (:class:`xcfg._session.Session`); then install, each with its undo on the handle: the VAE split
+(:mod:`xcfg._vae`), a style (:mod:`xcfg._styles`, :mod:`xcfg._infer`) in a hook on every denoiser
+(:mod:`xcfg._hook`), and the pipeline-call brackets (:mod:`xcfg._pipeline`).
+"""
 
 from __future__ import annotations
 
 import datetime
-import os
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
-from ._errors import NoCFGError, SetupError, UnsupportedModelError
-from ._group import DEFAULT_TIMEOUT, CFGGroup, backend_for, check_world_size
-from ._pipeline import install_pipeline_hooks, is_hooked
-from ._registry import Registry, check_inputs, default_registry
+from ._errors import UnsupportedModelError
+from ._group import DEFAULT_TIMEOUT, CFGGroup
+from ._hook import Wrapped, install
+from ._infer import Inferred, spec_source
+from ._notices import warn_once
+from ._pipeline import install_pipeline_hooks
+from ._refusals import (
+    check_devices,
+    check_distinct_gpus,
+    check_not_parallelized,
+    check_pipeline,
+    check_style,
+    module_device,
+    planned_size,
+    spec_for,
+)
+from ._registry import Registry, default_registry
 from ._session import Session
-from ._spec import CFGStyle, ModelSpec
+from ._spec import ModelSpec
+from ._styles import STYLES, Style
 from ._vae import check_vae_output, install_vae_split
-from ._wrapper import Wrapped, is_wrapped, wrap_denoiser
 
-__all__ = ["DENOISER_ATTRIBUTES", "Parallelized", "parallelize"]
+__all__ = ["AUXILIARY_ATTRIBUTES", "DENOISER_ATTRIBUTES", "Parallelized", "parallelize"]
 
 DENOISER_ATTRIBUTES = ("transformer", "transformer_2", "unet")
 """Pipeline attributes that hold denoisers (``transformer_2`` is Wan 2.2's low-noise expert)."""
 
-PLUGIN_GUIDE = "'Writing a model plugin' in the xcfg documentation (docs/plugins.md in the xcfg repository)"
-
+AUXILIARY_ATTRIBUTES = ("controlnet",)
+"""Pipeline attributes of modules that run on the same CFG batch as the denoiser (ControlNet,
+MultiControlNet): split too when a plugin names them or inference is on, never refused."""
 
 class Parallelized:
     """What :func:`xcfg.parallelize` returns: the installed wrappers, and the way to undo them.
@@ -35,7 +56,8 @@ class Parallelized:
     Attributes:
         group: the CFG group the pipeline runs on (size 1 when there is nothing to split across).
         wrapped: one :class:`xcfg.Wrapped` per denoiser (empty when ``group.size == 1``).
-        specs: the spec found for each denoiser, keyed by the pipeline attribute name.
+        specs: the spec found for each denoiser, keyed by the pipeline attribute name; ``None`` for a
+            denoiser no plugin names, whose style is inferred (see :attr:`inferred`).
 
     Example:
         >>> import xcfg
@@ -46,13 +68,18 @@ class Parallelized:
     """
 
     def __init__(
-        self, pipe: Any, group: CFGGroup, specs: dict[str, ModelSpec], wrapped: list[Wrapped], undo: Any = None
+        self,
+        pipe: Any,
+        group: CFGGroup,
+        specs: dict[str, ModelSpec | None],
+        wrapped: list[Wrapped] | None = None,
+        undo: list[Callable[[], Any]] | None = None,
     ) -> None:
         self.pipe = pipe
         self.group = group
         self.specs = specs
-        self.wrapped = wrapped
-        self._undo = undo
+        self.wrapped = wrapped if wrapped is not None else []
+        self._undo = undo if undo is not None else []
         self._removed = False
 
     @property
@@ -60,17 +87,37 @@ class Parallelized:
         """Whether the pipeline's CFG batch is split across more than one rank."""
         return bool(self.wrapped) and not self._removed
 
+    @property
+    def inferred(self) -> dict[str, ModelSpec | None]:
+        """The spec verified so far for each denoiser no plugin names (``None`` until a split was verified,
+        or when it could not be)."""
+        return {
+            name: wrapped.style.inferred_spec()
+            for name, wrapped in self._by_name().items()
+            if isinstance(wrapped.style, Inferred)
+        }
+
+    def plugin_source(self) -> str:
+        """The plugin code that would register what inference verified, to paste into your own package.
+
+        Example:
+            >>> import xcfg
+            >>> handle = xcfg.parallelize(xcfg.build_example("cogvideox").pipe)
+            >>> handle.plugin_source()    # one process: nothing was inferred
+            ''
+        """
+        return "\n\n".join(spec_source(spec) for spec in self.inferred.values() if spec is not None)
+
+    def _by_name(self) -> dict[str, Wrapped]:
+        return dict(zip(self.specs, self.wrapped))
+
     def remove(self) -> None:
         """Restore the pipeline: the original forwards, the VAE's decode and the class. Idempotent; no collective."""
         if self._removed:
             return
         self._removed = True
-        for item in self.wrapped:
-            item.remove()
-        if self._undo is not None:
-            self._undo()
-        if getattr(self.pipe, "__dict__", {}).get("_xcfg_handle") is self:
-            del self.pipe.__dict__["_xcfg_handle"]
+        while self._undo:
+            self._undo.pop()()
 
     def __enter__(self) -> Parallelized:
         return self
@@ -79,7 +126,7 @@ class Parallelized:
         self.remove()
 
     def __repr__(self) -> str:
-        models = ", ".join(f"{k}={v.name}" for k, v in self.specs.items())
+        models = ", ".join(f"{k}={v.name if v is not None else 'inferred'}" for k, v in self.specs.items())
         return f"Parallelized({models}, rank {self.group.rank} of {self.group.size}, active={self.active})"
 
 
@@ -94,6 +141,7 @@ def parallelize(
     split_vae: bool = True,
     vae_output: str = "all",
     registry: Registry | None = None,
+    infer: bool = True,
 ) -> Parallelized:
     """Run the pipeline's classifier-free guidance batch split across the ranks of a CFG group.
 
@@ -103,8 +151,8 @@ def parallelize(
     or a world of one, nothing is installed and the pipeline behaves exactly as before.
 
     Args:
-        pipe: a diffusers pipeline (its ``transformer``, ``transformer_2`` or ``unet`` are wrapped), or
-            a denoiser module for a hand-written loop.
+        pipe: a diffusers pipeline (its ``transformer``, ``transformer_2`` or ``unet`` are wrapped, and
+            its ``controlnet``), or a denoiser module for a hand-written loop.
         group: a :class:`xcfg.CFGGroup`, a ``torch.distributed`` process group whose ranks share the
             CFG batch, or ``None`` to split the default group into groups of ``degree`` ranks.
         degree: ranks per CFG group when ``group`` is ``None``.
@@ -124,12 +172,18 @@ def parallelize(
             output is the same), or ``"rank0"`` only, when only rank 0 saves the result; the other ranks
             skip the blending and their pipeline returns zeros of the same shape.
         registry: where to look models up (default: :func:`xcfg.default_registry`).
+        infer: a denoiser no plugin names is not refused: its CFG style and the arguments that carry the
+            batch are inferred at its first calls, and verified before they are trusted (the first split
+            call is also computed whole and compared; the first predicted uncond call is also computed
+            for real). What cannot be verified runs whole, with a warning. ``False`` refuses such
+            models with :class:`xcfg.UnsupportedModelError`, as a plugin-only registry would.
 
     Returns:
         A :class:`Parallelized` handle; ``handle.remove()`` undoes everything.
 
     Raises:
-        UnsupportedModelError: no plugin knows a denoiser's class.
+        UnsupportedModelError: no plugin knows a denoiser's class and ``infer`` is off.
+        UnsupportedPipelineError: the plugin knows the model but not this use of it (its ``refuse``).
         NoCFGError: the model has no uncond/cond pair (guidance-distilled models without ``true_cfg``).
         SetupError: applied twice, a world size ``degree`` does not divide, a two-call model on a group
             that is not 2 ranks, a model on another rank's device, or a backend that cannot carry the
@@ -146,55 +200,62 @@ def parallelize(
     """
     registry = registry or default_registry()
     check_vae_output(vae_output)
-    found = _denoisers(pipe)
-    specs = {name: _spec_for(name, module, registry, true_cfg) for name, module in found.items()}
-    if "_xcfg_handle" in getattr(pipe, "__dict__", {}) or is_hooked(pipe) or any(map(is_wrapped, found.values())):
-        raise SetupError(
-            "xcfg: this pipeline is already parallelized; call .remove() on the handle the first parallelize() "
-            "returned (or use it as a context manager) before applying it again"
-        )
-    two_call = [name for name, spec in specs.items() if spec.style is CFGStyle.TWO_CALL]
-    size = _planned_size(group, degree)
-    if two_call and size not in (1, 2):
-        raise SetupError(
-            f"xcfg: the pipeline's {two_call[0]!r} makes two denoiser calls per step (cond, uncond), so its CFG group "
-            f"needs exactly 2 ranks, not {size}: use degree=2 (the default) or a group of 2 ranks"
-        )
+    found = _denoisers(pipe, registry, infer)
+    check_not_parallelized(pipe, found)
+    specs = {name: spec_for(name, module, registry, true_cfg=true_cfg, infer=infer) for name, module in found.items()}
+    check_pipeline(pipe, found, specs)
+    size = planned_size(group, degree)
+    for name, spec in specs.items():
+        if spec is not None:
+            check_style(spec, size, repr(name))
     if size > 1:
-        _check_devices(found, group.group if isinstance(group, CFGGroup) else group)
+        check_devices(found, group.group if isinstance(group, CFGGroup) else group)
+    handle = Parallelized(pipe, CFGGroup.single(), specs)
     cfg_group = _resolve_group(group, degree, timeout)
+    handle.group = cfg_group
     if cfg_group.size == 1:
-        return _mark(pipe, Parallelized(pipe, cfg_group, specs, []))
+        return _mark(pipe, handle)
     session = Session(cfg_group, check_every=check_every)
     devices = session.handshake(_device_index(found), _fingerprint(specs))
-    cuda = [d for d in devices if d >= 0]
-    if len(set(cuda)) < len(cuda):
-        raise SetupError(
-            f"xcfg: several ranks of the CFG group {list(cfg_group.ranks)} put their pipeline on the same GPU "
-            f"(cuda indices {devices}). Give each rank its own: torch.cuda.set_device(local_rank) and "
-            "pipe.to(f'cuda:{local_rank}'), or let xcfg.init_distributed() pick the device."
-        )
-    split = split_vae and not isinstance(pipe, torch.nn.Module)
-    vae_undo = install_vae_split(pipe, cfg_group, session, registry, output=vae_output) if split else None
-    wrapped = [wrap_denoiser(module, specs[name], cfg_group, session=session) for name, module in found.items()]
-    undo = None if isinstance(pipe, torch.nn.Module) else install_pipeline_hooks(pipe, session)
-    return _mark(pipe, Parallelized(pipe, cfg_group, specs, wrapped, _undo_all(undo, vae_undo)))
+    check_distinct_gpus(devices, cfg_group.ranks)
+    bare = isinstance(pipe, torch.nn.Module)
+    if split_vae and not bare:
+        remove_vae = install_vae_split(pipe, cfg_group, session, registry, output=vae_output)
+        if remove_vae is not None:
+            handle._undo.append(remove_vae)
+    shared: dict[str, Any] = {}  # what the styles of this pipeline share (the two-call history of Wan 2.2's experts)
+    for name, module in found.items():
+        spec = specs[name] or ModelSpec(model=type(module), style="two_call")
+        style: Style = (Inferred if specs[name] is None else STYLES[spec.style])(spec, type(module), cfg_group, shared)
+        wrapped = install(module, style, spec, cfg_group, session)
+        handle.wrapped.append(wrapped)
+        handle._undo.append(wrapped.remove)
+    if not bare:
+        handle._undo.append(install_pipeline_hooks(pipe, session, on_run_end=_notice_unsplit(handle)))
+    return _mark(pipe, handle)
 
 
-def _undo_all(*undos: Any) -> Any:
-    todo = [undo for undo in undos if undo is not None]
-    if not todo:
-        return None
-    return lambda: [undo() for undo in todo]
+def _notice_unsplit(handle: Parallelized) -> Callable[[], None]:
+    """After each pipeline call: say once when it split no denoiser call (CFG off, a batch that does not
+    divide, a model that runs whole), so that nothing runs unsplit silently."""
+    seen = {"split": 0, "calls": 0}
+
+    def check() -> None:
+        split = sum(w.style.stats.split for w in handle.wrapped)
+        calls = sum(w.style.stats.calls for w in handle.wrapped)
+        if calls > seen["calls"] and split == seen["split"]:
+            warn_once(
+                f"xcfg: a call of {type(handle.pipe).__name__} split none of its {calls - seen['calls']} denoiser calls "
+                "across the ranks: every rank computed every call (the same result, no speedup). Usual causes: CFG is "
+                "off (guidance_scale <= 1, or no negative prompt for true CFG), a batch that does not divide by the "
+                "number of ranks, or a model that runs whole (PAG, a diffusers cache)."
+            )
+        seen.update(split=split, calls=calls)
+
+    return check
 
 
-def _mark(pipe: Any, handle: Parallelized) -> Parallelized:
-    if hasattr(pipe, "__dict__"):
-        pipe.__dict__["_xcfg_handle"] = handle
-    return handle
-
-
-def _denoisers(pipe: Any) -> dict[str, torch.nn.Module]:
+def _denoisers(pipe: Any, registry: Registry, infer: bool) -> dict[str, torch.nn.Module]:
     if isinstance(pipe, torch.nn.Module):
         return {"model": pipe}
     found = {name: getattr(pipe, name, None) for name in DENOISER_ATTRIBUTES}
@@ -204,34 +265,11 @@ def _denoisers(pipe: Any) -> dict[str, torch.nn.Module]:
             f"xcfg: found no denoiser on {type(pipe).__name__}: it has none of the attributes "
             f"{', '.join(DENOISER_ATTRIBUTES)}. Pass the denoiser module itself: xcfg.parallelize(pipe.my_denoiser)."
         )
+    for name in AUXILIARY_ATTRIBUTES:
+        module = getattr(pipe, name, None)
+        if isinstance(module, torch.nn.Module) and (infer or registry.lookup(type(module)) is not None):
+            found[name] = module
     return found
-
-
-def _spec_for(name: str, module: torch.nn.Module, registry: Registry, true_cfg: bool) -> ModelSpec:
-    cls = type(module)
-    entry = registry.lookup(cls)
-    if entry is None:
-        raise UnsupportedModelError(
-            f"xcfg: no plugin knows {cls.__module__}.{cls.__qualname__} (the pipeline's {name!r}). Register a spec "
-            "that names the forward arguments carrying the CFG batch, for example:\n"
-            "    @xcfg.hookimpl\n"
-            "    def register_models(register):\n"
-            f"        register(xcfg.ModelSpec(model='{cls.__module__}:{cls.__qualname__}', "
-            "batch_inputs=['hidden_states', 'encoder_hidden_states', 'timestep']))\n"
-            "    xcfg.register_plugin(sys.modules[__name__])\n"
-            f"Guide: {PLUGIN_GUIDE}"
-        )
-    spec = entry.spec
-    if spec.style is CFGStyle.NONE:
-        raise NoCFGError(f"xcfg cannot parallelize {cls.__name__} (plugin {entry.plugin!r}): {spec.no_cfg_reason}")
-    if spec.guidance_distilled is not None and not true_cfg and spec.guidance_distilled(module):
-        raise NoCFGError(
-            f"xcfg cannot parallelize {cls.__name__} (plugin {entry.plugin!r}): {spec.no_cfg_reason} If you call the "
-            "pipeline with true CFG (a negative prompt and true_cfg_scale > 1), it makes a cond and an uncond call per "
-            "step that xcfg can run on two ranks: pass xcfg.parallelize(pipe, true_cfg=True)."
-        )
-    check_inputs(spec, cls)
-    return spec
 
 
 def _resolve_group(group: Any, degree: int, timeout: datetime.timedelta) -> CFGGroup:
@@ -242,61 +280,23 @@ def _resolve_group(group: Any, degree: int, timeout: datetime.timedelta) -> CFGG
     return CFGGroup.create(degree, timeout=timeout)
 
 
-def _planned_size(group: Any, degree: int) -> int:
-    """The CFG group size ``parallelize`` will use, checked without any collective."""
-    if isinstance(group, CFGGroup):
-        return group.size
-    if group is not None:
-        return dist.get_world_size(group)
-    if not (dist.is_available() and dist.is_initialized()):
-        return 1
-    check_world_size(dist.get_world_size(), degree)
-    return min(degree, dist.get_world_size())
+def _mark(pipe: Any, handle: Parallelized) -> Parallelized:
+    if hasattr(pipe, "__dict__"):
+        pipe.__dict__["_xcfg_handle"] = handle
 
+        def unmark() -> None:
+            if pipe.__dict__.get("_xcfg_handle") is handle:
+                del pipe.__dict__["_xcfg_handle"]
 
-def _module_device(module: torch.nn.Module) -> torch.device | None:
-    for tensor in module.parameters():
-        return tensor.device
-    for tensor in module.buffers():
-        return tensor.device
-    return None
+        handle._undo.insert(0, unmark)
+    return handle
 
 
 def _device_index(found: dict[str, torch.nn.Module]) -> int:
-    devices = [_module_device(m) for m in found.values()]
+    devices = [module_device(m) for m in found.values()]
     return next((d.index if d.index is not None else torch.cuda.current_device() for d in devices if d and d.type == "cuda"), -1)
 
 
-def _check_devices(found: dict[str, torch.nn.Module], source: Any) -> None:
-    """Refuse devices the backend of ``source`` (the group the CFG group is made from) cannot carry."""
-    for name, module in found.items():
-        device = _module_device(module)
-        if device is None or device.type == "meta":
-            continue
-        backend = backend_for(source, device)
-        if backend is None or (backend == "gloo" and device.type != "cpu"):
-            raise SetupError(
-                f"xcfg: the pipeline's {name!r} is on {device}, but the CFG group's backend "
-                f"({dist.get_backend(source)}) cannot carry {device.type} tensors. Initialize the process group "
-                f"with backend='nccl' for GPUs (xcfg.init_distributed() does), or keep the model on the CPU with gloo."
-            )
-        if backend == "nccl" and device.type != "cuda":
-            raise SetupError(
-                f"xcfg: the pipeline's {name!r} is on {device}, but the CFG group uses NCCL, which only carries CUDA "
-                "tensors. Move the pipeline to this rank's GPU (pipe.to(f'cuda:{local_rank}')) or use backend='gloo' "
-                "for CPU ranks."
-            )
-        local = os.environ.get("LOCAL_RANK")
-        if device.type == "cuda" and local is not None:
-            index = device.index if device.index is not None else torch.cuda.current_device()
-            if index != int(local) and torch.cuda.device_count() > int(local):
-                raise SetupError(
-                    f"xcfg: the pipeline's {name!r} is on cuda:{index}, but this process is local rank {local}, whose "
-                    f"GPU is cuda:{local}. Call torch.cuda.set_device({local}) and pipe.to('cuda:{local}') (or use the "
-                    "device xcfg.init_distributed() returns) before parallelize()."
-                )
-
-
-def _fingerprint(specs: dict[str, ModelSpec]) -> int:
-    text = ",".join(f"{name}={spec.path}" for name, spec in sorted(specs.items()))
+def _fingerprint(specs: dict[str, ModelSpec | None]) -> int:
+    text = ",".join(f"{name}={spec.path if spec else 'inferred'}" for name, spec in sorted(specs.items()))
     return zlib.crc32(text.encode()) & 0x7FFFFFFF

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -27,6 +28,7 @@ from ._session import Session
 __all__ = ["install_pipeline_hooks", "is_hooked"]
 
 _SESSION_ATTR = "_xcfg_session"
+_END_ATTR = "_xcfg_on_run_end"
 _subclasses: dict[type, type] = {}
 
 
@@ -64,6 +66,9 @@ def _subclass(base: type) -> type:
                     session.end_run(err)
                 raise
             session.end_run(None)
+            on_end = self.__dict__.get(_END_ATTR)
+            if on_end is not None:
+                on_end()
             return result
         finally:
             session.depth -= 1
@@ -85,14 +90,19 @@ def is_hooked(pipe: Any) -> bool:
     return _SESSION_ATTR in getattr(pipe, "__dict__", {})
 
 
-def install_pipeline_hooks(pipe: Any, session: Session) -> Any:
-    """Give ``pipe`` the run-level hooks; returns a function that removes them."""
+def install_pipeline_hooks(pipe: Any, session: Session, on_run_end: Callable[[], None] | None = None) -> Callable[[], None]:
+    """Give ``pipe`` the run-level hooks; returns a function that removes them.
+
+    ``on_run_end`` is called on every rank after each pipeline call that succeeded everywhere.
+    """
     base = type(pipe)
     object.__setattr__(pipe, "__class__", _subclass(base))
     pipe.__dict__[_SESSION_ATTR] = session
-    session.runs = True
+    if on_run_end is not None:
+        pipe.__dict__[_END_ATTR] = on_run_end
 
     def remove() -> None:
+        pipe.__dict__.pop(_END_ATTR, None)
         if pipe.__dict__.pop(_SESSION_ATTR, None) is not None:
             object.__setattr__(pipe, "__class__", base)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.metadata
-import inspect
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -14,8 +13,8 @@ import pluggy
 
 from . import _hookspecs
 from ._errors import SpecError
-from ._spec import Example, ModelSpec
-from ._vae import VAESpec
+from ._binding import check_inputs
+from ._spec import Example, ModelSpec, VAESpec
 
 __all__ = ["ENTRY_POINT_GROUP", "Registered", "Registry", "default_registry"]
 
@@ -263,30 +262,6 @@ def _candidates(entries: list[Registered], base: type) -> Iterator[Registered]:
                 yield entry
         elif model is base:
             yield entry
-
-
-def check_inputs(spec: ModelSpec, cls: type) -> None:
-    """Check that every declared batch input is a parameter of ``cls.forward``.
-
-    Raises:
-        SpecError: naming the field, the argument and the parameters that exist.
-    """
-    params = forward_parameters(cls)
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    for index, item in enumerate(spec.batch_inputs):
-        if item.name not in params:
-            raise SpecError(
-                f"spec for {spec.path}: field 'batch_inputs.{index}.name': {item.name!r} is not a parameter of "
-                f"{cls.__name__}.forward{inspect.signature(cls.forward)}"
-            )
-
-
-def forward_parameters(cls: type) -> dict[str, inspect.Parameter]:
-    """The parameters of ``cls.forward`` without ``self``."""
-    params = dict(inspect.signature(cls.forward).parameters)
-    params.pop("self", None)
-    return params
 
 
 _default: Registry | None = None

@@ -41,6 +41,7 @@ class Tag(enum.IntEnum):
     RUN_END = 5
     WORK = 6
     CALL_DONE = 7
+    VERIFY = 8
 
 
 class Flag(enum.IntFlag):
@@ -77,6 +78,8 @@ class _Position:
             return f"ending pipeline call {self.run} after {self.call} denoiser calls"
         if self.tag is Tag.CALL_DONE:
             return f"finishing denoiser call {self.call} of pipeline call {self.run}"
+        if self.tag is Tag.VERIFY:
+            return f"verifying denoiser call {self.call} of pipeline call {self.run}"
         if self.tag is Tag.WORK:
             return f"in split work {self.value} after denoiser call {self.call} of pipeline call {self.run}"
         split = ", split" if self.flags & Flag.SPLIT else ""
@@ -95,13 +98,16 @@ class Session:
     def __init__(self, group: CFGGroup, *, check_every: int = 0) -> None:
         self.group = group
         self.check_every = check_every
-        self.run = 0
-        self.call = 0
-        self.depth = 0
-        self.aborted = False
-        self.runs = False  # pipeline calls are bracketed by begin_run/end_run (the pipeline hooks say so)
-        self.shared: dict[str, Any] = {}  # state the wrapped denoisers of one pipeline share
+        self.run_index = 0  # pipeline calls started (begin_run)
+        self.call_index = 0  # denoiser calls finished in the current pipeline call
+        self.depth = 0  # nesting of pipeline calls: > 0 inside one
+        self.aborted = False  # the ranks already agreed that the current call failed
         self._lock = threading.RLock()
+
+    @property
+    def in_pipeline_call(self) -> bool:
+        """Whether a pipeline call (bracketed by :meth:`begin_run` / :meth:`end_run`) is under way."""
+        return self.depth > 0
 
     # -- protocol rounds -----------------------------------------------------------------------------
 
@@ -112,8 +118,8 @@ class Session:
 
     def begin_run(self, generators: list[torch.Generator]) -> None:
         """Start a pipeline run: agree on it and copy rank 0's random state to every rank."""
-        self.run += 1
-        self.call = 0
+        self.run_index += 1
+        self.call_index = 0
         self.aborted = False
         self._round(Tag.RUN_BEGIN, value=len(generators), flags=Flag.NONE, error=None)
         states = self.group.gather_objects(_rng_states(generators) if self.group.rank == 0 else None, "run start")
@@ -133,7 +139,7 @@ class Session:
             confirm: whether the call will also confirm every rank's forward before its data collective
                 (the first call of its shape).
         """
-        mine = _Position(Tag.CALL, self.run, self.call, value, Flag.SPLIT if split else Flag.NONE, int(confirm))
+        mine = _Position(Tag.CALL, self.run_index, self.call_index, value, Flag.SPLIT if split else Flag.NONE, int(confirm))
         wait = self.group.post(mine.row(), mine.describe())
 
         def rows() -> list[_Position]:
@@ -156,7 +162,7 @@ class Session:
         self._settle(rows, None, rows[self.group.rank].describe())
         if confirm:
             self._round(Tag.CALL_DONE, value=0, flags=Flag.NONE, error=None)
-        self.call += 1
+        self.call_index += 1
 
     def fail_call(
         self, pending: Callable[[], list[_Position]] | None, error: BaseException, join: Callable[[], None] | None
@@ -187,21 +193,26 @@ class Session:
         flags = Flag.FAILED if error is not None else Flag.NONE
         self._round(Tag.WORK, value=what, flags=flags, error=error)
 
+    def agree(self, ok: bool) -> bool:
+        """Whether every rank's ``ok`` is true (a verification's verdict, the same answer on every rank)."""
+        rows = self._round(Tag.VERIFY, value=int(bool(ok)), flags=Flag.NONE, error=None, compare_value=False)
+        return all(row.value for row in rows)
+
     def check_inputs(self, inputs: dict[str, Any]) -> None:
         """Compare fingerprints of the denoiser's inputs across ranks when this call is due a check."""
-        due = self.call == 0 or (self.check_every > 0 and self.call % self.check_every == 0)
+        due = self.call_index == 0 or (self.check_every > 0 and self.call_index % self.check_every == 0)
         if not due:
             return
         self._round(Tag.CHECK, value=0, flags=Flag.NONE, error=None)
-        prints = self.group.gather_objects(_fingerprints(inputs), f"input check at denoiser call {self.call}")
+        prints = self.group.gather_objects(_fingerprints(inputs), f"input check at denoiser call {self.call_index}")
         for name in sorted(set().union(*prints)):
             values = [p.get(name) for p in prints]
             for r, value in enumerate(values[1:], start=1):
                 if not _close(values[0], value):
                     self.aborted = True
                     raise DivergenceError(
-                        f"xcfg: the ranks fed different inputs to the denoiser at call {self.call} of pipeline call "
-                        f"{self.run}: {name!r} differs between rank 0 and rank {r} "
+                        f"xcfg: the ranks fed different inputs to the denoiser at call {self.call_index} of pipeline call "
+                        f"{self.run_index}: {name!r} differs between rank 0 and rank {r} "
                         f"(fingerprints {values[0]} vs {value}). Every rank must call the pipeline with the same "
                         "arguments (prompt, embeddings, latents, size); xcfg already copies rank 0's random "
                         "generator state to every rank at the start of each pipeline call.",
@@ -220,7 +231,7 @@ class Session:
         aux: int = 0,
         compare_value: bool = True,
     ) -> list[_Position]:
-        mine = _Position(tag, self.run, self.call, value, flags, aux)
+        mine = _Position(tag, self.run_index, self.call_index, value, flags, aux)
         where = mine.describe()
         with self._lock:
             try:

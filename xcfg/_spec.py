@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ._errors import SpecError
 
-__all__ = ["BatchInput", "CFGStyle", "Example", "ExampleRun", "ModelSpec"]
+__all__ = ["BatchInput", "CFGStyle", "Example", "ExampleRun", "ModelSpec", "VAESpec"]
 
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
@@ -117,6 +117,10 @@ class BatchInput(_Frozen):
             ``BatchInput(name="joint_attention_kwargs", key="ip_adapter_image_embeds")``. The rest of
             the dict is shared by every rank.
 
+        per_sample: the value is a Python list with one entry per sample (Z-Image's ``x`` and
+            ``cap_feats``): the list itself is split, its tensors are not cut. The model's output is then
+            a list with one entry per sample as well.
+
     A value may be a tensor, a list or tuple of tensors (each split the same way), or ``None`` (left
     alone). A tensor whose size at ``dim`` is 1 while the batch is larger is treated as broadcast and
     passed whole to every rank; any other size that is not the batch raises :class:`xcfg.ShapeError`.
@@ -124,12 +128,13 @@ class BatchInput(_Frozen):
     Example:
         >>> from xcfg import BatchInput
         >>> BatchInput(name="hidden_states")
-        BatchInput(name='hidden_states', dim=0, key=None)
+        BatchInput(name='hidden_states', dim=0, key=None, per_sample=False)
     """
 
     name: str = Field(pattern=r"^[A-Za-z_]\w*$")
     dim: int = Field(default=0, ge=0)
     key: str | None = None
+    per_sample: bool = False
 
     @property
     def label(self) -> str:
@@ -156,6 +161,11 @@ class ModelSpec(_ClassSpec):
             example from ``module.config.guidance_embeds``. Such an instance has an uncond call only
             when the pipeline runs true CFG (a negative prompt and ``true_cfg_scale > 1``), so
             ``parallelize`` refuses it with ``no_cfg_reason`` unless called with ``true_cfg=True``.
+        refuse: ``refuse(pipe, module)`` returns why xcfg cannot split this pipeline's calls correctly, or
+            ``None`` when it can. ``pipe`` is the pipeline (``None`` for a bare denoiser). For what only
+            the pipeline shows: a step-distilled checkpoint flagged on the pipeline (FLUX.2 Klein's
+            ``is_distilled``), or a pipeline whose uncond call gets other latents (Cosmos Video2World).
+            ``parallelize`` raises :class:`xcfg.UnsupportedPipelineError` with the reason.
 
     Example:
         >>> from xcfg import ModelSpec
@@ -173,6 +183,7 @@ class ModelSpec(_ClassSpec):
     style: CFGStyle = CFGStyle.BATCHED
     no_cfg_reason: str | None = None
     guidance_distilled: Callable[[torch.nn.Module], bool] | None = None
+    refuse: Callable[[Any, torch.nn.Module], str | None] | None = None
 
     @field_validator("batch_inputs", mode="before")
     @classmethod
@@ -198,6 +209,35 @@ class ModelSpec(_ClassSpec):
         elif self.style is not CFGStyle.NONE and self.no_cfg_reason is not None:
             raise ValueError("no_cfg_reason is only for style 'none' or with guidance_distilled")
         return self
+
+
+class VAESpec(_ClassSpec):
+    """What xcfg needs to split one VAE class's tiled decode across the CFG ranks. Frozen; validated.
+
+    A plugin registers it from its ``register_models`` hook, next to its :class:`xcfg.ModelSpec`.
+    :func:`xcfg.parallelize` finds the spec of ``pipe.vae``'s class (or its nearest base class with one)
+    and, when the CFG group has several ranks, spreads the tiles of every tiled decode across them.
+
+    Attributes:
+        model: the VAE class, or a lazy import path ``"package.module:ClassName"``. Subclasses match
+            too, unless they override ``tiled_decode`` (those decode as before, on every rank).
+        tiled_decode: ``tiled_decode(vae, z, pmap) -> Tensor | None``: the family's tiled decode of the
+            latent ``z``, the same tiles in the same way as ``vae.tiled_decode(z).sample``, with the
+            decoding of the tiles done through ``pmap`` (a :class:`xcfg.PMap`) and the blending after it.
+            It returns the decoded sample, or ``None`` where ``pmap`` returned ``None``.
+
+    Example:
+        >>> import torch, xcfg
+        >>> def tiled_decode(vae, z, pmap):
+        ...     tiles = list(z.split(4, dim=-1))
+        ...     decoded = pmap(vae.decoder, tiles)
+        ...     return None if decoded is None else torch.cat(decoded, dim=-1)
+        >>> spec = xcfg.VAESpec(model="diffusers:AutoencoderKL", tiled_decode=tiled_decode)
+        >>> spec.name
+        'AutoencoderKL'
+    """
+
+    tiled_decode: Callable[..., Any]
 
 
 def _describe(err: ValidationError, kind: str, subject: Any) -> str:

@@ -20,12 +20,11 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import torch
-import torch.distributed as dist
 
 from ._errors import RankError, SetupError
 from ._group import CFGGroup
 from ._session import Session
-from ._spec import _ClassSpec
+from ._spec import VAESpec
 
 if TYPE_CHECKING:
     from ._registry import Registry
@@ -67,35 +66,6 @@ class PMap(Protocol):
     def __call__(
         self, fn: Callable[[Any], torch.Tensor], items: Sequence[Any], *, cost: Sequence[float] | None = None
     ) -> list[torch.Tensor] | None: ...
-
-
-class VAESpec(_ClassSpec):
-    """What xcfg needs to split one VAE class's tiled decode across the CFG ranks. Frozen; validated.
-
-    A plugin registers it from its ``register_models`` hook, next to its :class:`xcfg.ModelSpec`.
-    :func:`xcfg.parallelize` finds the spec of ``pipe.vae``'s class (or its nearest base class with one)
-    and, when the CFG group has several ranks, spreads the tiles of every tiled decode across them.
-
-    Attributes:
-        model: the VAE class, or a lazy import path ``"package.module:ClassName"``. Subclasses match
-            too, unless they override ``tiled_decode`` (those decode as before, on every rank).
-        tiled_decode: ``tiled_decode(vae, z, pmap) -> Tensor | None``: the family's tiled decode of the
-            latent ``z``, the same tiles in the same way as ``vae.tiled_decode(z).sample``, with the
-            decoding of the tiles done through ``pmap`` (a :class:`xcfg.PMap`) and the blending after it.
-            It returns the decoded sample, or ``None`` where ``pmap`` returned ``None``.
-
-    Example:
-        >>> import torch, xcfg
-        >>> def tiled_decode(vae, z, pmap):
-        ...     tiles = list(z.split(4, dim=-1))
-        ...     decoded = pmap(vae.decoder, tiles)
-        ...     return None if decoded is None else torch.cat(decoded, dim=-1)
-        >>> spec = xcfg.VAESpec(model="diffusers:AutoencoderKL", tiled_decode=tiled_decode)
-        >>> spec.name
-        'AutoencoderKL'
-    """
-
-    tiled_decode: Callable[..., Any]
 
 
 # -- distribution ------------------------------------------------------------------------------------
@@ -175,8 +145,7 @@ class _Distributor:
             offset += tile.numel()
         local.clear()
         if self.root_only:
-            chunks = [torch.empty_like(buffer) for _ in range(group.size)] if group.rank == 0 else None
-            dist.gather(buffer, chunks, group=group.group, group_dst=0)
+            chunks = group.gather_to_root(buffer)
             if chunks is None:
                 return None
         else:

@@ -218,6 +218,8 @@ class ExampleReport:
         predictions: two-call style: how many uncond calls each rank predicted (each saves one call).
         steps: the pipeline's ``num_inference_steps``; with two calls per step, every step after the
             first must have been predicted.
+        split: how many denoiser calls each rank split (batched) or ran ahead (two-call).
+        expect_split: whether the call should split anything (``False`` when the overrides turn CFG off).
 
     Example:
         >>> from xcfg.testing import ExampleReport
@@ -235,17 +237,21 @@ class ExampleReport:
     style: str = "batched"
     predictions: list[int] = field(default_factory=list)
     steps: int | None = None
+    split: list[int] = field(default_factory=list)
+    expect_split: bool = True
 
     @property
     def ok(self) -> bool:
         """Equal to one process within tolerance, and every rank computed only its share.
 
-        Batched style: every rank computed half (1/size) of every batch that divides, and every other
-        batch whole. Two-call style: every prediction saved each rank one call, and when the pipeline
+        Something was split unless the overrides turned CFG off. Batched style: every rank computed half
+        (1/size) of every batch that divides, and every other batch whole. Two-call style: every prediction saved each rank one call, and when the pipeline
         made two calls per step, there were predictions.
         """
         if any(e > self.tolerance for e in self.errors):
             return False
+        if self.expect_split and self.split and not all(self.split):
+            return False  # a spec that splits nothing (a wrong style, undeclared inputs) gains nothing
         if self.style == "two_call":
             saved = [len(self.single_batches) - len(b) for b in self.parallel_batches]
             pairs = self.steps is not None and len(self.single_batches) == 2 * self.steps
@@ -283,6 +289,7 @@ def _check_example_rank(
         "style": first.spec.style.value if first else "batched",
         "predictions": getattr(first._hook, "predictions", 0) if first else 0,
         "steps": kwargs.get("num_inference_steps"),
+        "split": sum(w.style.stats.split for w in handle.wrapped),
     }
 
 
@@ -330,4 +337,11 @@ def check_example(
         style=results[0]["style"],
         predictions=[r["predictions"] for r in results],
         steps=results[0]["steps"],
+        split=[r["split"] for r in results],
+        expect_split=_cfg_on(overrides),
     )
+
+
+def _cfg_on(overrides: dict[str, Any]) -> bool:
+    """Whether the call keeps CFG on, as far as the overrides say."""
+    return all(float(overrides.get(name, 2.0)) > 1.0 for name in ("guidance_scale", "true_cfg_scale"))

@@ -1,0 +1,119 @@
+"""The ceiling of CFG parallelism per model, on one GPU: a step with CFG on over the same step with CFG off.
+
+A CFG split can at best turn a step with CFG into a step without it, so this ratio is the best speedup 2 GPUs
+can give that model. One process, one GPU, no process group::
+
+    python benchmarks/ceiling.py sdxl sd15 --out my-results       # full-size examples, random bf16 weights
+
+Per example: build the ``"full"`` config on the GPU in bf16 (random weights; weights a constructor leaves at
+zero get random values), run a warm-up call, then time ``--steps`` steps with CFG on and with CFG off, each step
+between CUDA events recorded in ``callback_on_step_end`` (no synchronize per step). Writes ``ceiling.json`` and
+prints a table: the median step time with CFG on and off, and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+
+def cfg_off(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The same call with CFG off: guidance 1 (and true CFG 1), so the pipeline evaluates the cond branch only."""
+    off = dict(kwargs)
+    for name in ("guidance_scale", "true_cfg_scale", "guidance_scale_2"):
+        if name in off:
+            off[name] = 1.0
+    return off
+
+
+def time_steps(pipe: Any, kwargs: dict[str, Any], steps: int) -> list[float]:
+    """Seconds per step of one call: intervals between CUDA events recorded at each step's end."""
+    events: list[torch.cuda.Event] = []
+
+    def mark() -> None:
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        events.append(event)
+
+    def on_step_end(_pipe: Any, _step: int, _t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        mark()
+        return tensors
+
+    call = dict(kwargs, num_inference_steps=steps, output_type="latent")
+    if "callback_on_step_end" in inspect.signature(type(pipe).__call__).parameters:
+        call["callback_on_step_end"] = on_step_end
+    mark()
+    pipe(**call, generator=torch.Generator("cuda").manual_seed(0))
+    torch.cuda.synchronize()
+    return [a.elapsed_time(b) / 1000 for a, b in zip(events, events[1:])]
+
+
+def measure(name: str, steps: int) -> dict[str, Any]:
+    import xcfg
+    from _worker import _randomize_zero_weights
+
+    start = time.monotonic()
+    run = xcfg.build_example(name, size="full", device="cuda", dtype=torch.bfloat16)
+    _randomize_zero_weights(run.pipe, 0)
+    result: dict[str, Any] = {"example": name, "description": run.description}
+    for label, kwargs in (("cfg_on", run.kwargs), ("cfg_off", cfg_off(run.kwargs))):
+        time_steps(run.pipe, kwargs, 2)  # warm-up
+        intervals = time_steps(run.pipe, kwargs, steps)
+        result[label] = {"step_median_s": statistics.median(intervals[1:] or intervals), "intervals": intervals}
+    result["ceiling"] = result["cfg_on"]["step_median_s"] / result["cfg_off"]["step_median_s"]
+    result["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    result["seconds"] = time.monotonic() - start
+    del run
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("examples", nargs="+", help="example names with a 'full' size")
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        parser.error("needs a CUDA GPU")
+    from _worker import ensure_examples
+
+    ensure_examples(args.examples)
+    card = torch.cuda.get_device_name(0)
+    rows = []
+    for name in args.examples:
+        try:
+            rows.append(measure(name, args.steps))
+        except Exception as err:  # one model failing does not lose the others' numbers
+            rows.append({"example": name, "error": f"{type(err).__name__}: {err}"[:500]})
+        print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("cfg_on", "cfg_off")}), flush=True)
+    import diffusers
+
+    meta = {"card": card, "torch": torch.__version__, "diffusers": diffusers.__version__, "steps": args.steps}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "ceiling.json").write_text(json.dumps({"meta": meta, "models": rows}, indent=1) + "\n")
+    print(f"\n{card}; torch {torch.__version__}, diffusers {diffusers.__version__}\n")
+    print("| model | CFG on s/step | CFG off s/step | ceiling |\n|---|---|---|---|")
+    for row in rows:
+        if "error" in row:
+            print(f"| {row['example']} | failed: {row['error'][:80]} | | |")
+        else:
+            print(f"| {row['description']} | {row['cfg_on']['step_median_s']:.4g} | {row['cfg_off']['step_median_s']:.4g} "
+                  f"| {row['ceiling']:.3f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""The hook xcfg installs on a denoiser: a named, removable diffusers ``ModelHook`` that runs each call
+through a CFG style under the control protocol, and the public :func:`wrap_denoiser` that installs it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks.hooks import StateManager
+
+from ._errors import SetupError
+from ._group import CFGGroup
+from ._notices import warn_once
+from ._protocol import CallPlan, LayoutMemory, run_call
+from ._session import Session
+from ._spec import ModelSpec
+from ._styles import STYLES, Call, Style
+
+__all__ = ["HOOK_NAME", "Wrapped", "is_wrapped", "runs_whole", "wrap_denoiser"]
+
+HOOK_NAME = "xcfg"
+
+
+class _NoState:
+    """xcfg keeps no state per cache context; it only reads the context's name."""
+
+    def reset(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+def runs_whole(module: torch.nn.Module) -> str | None:
+    """Why the calls of this pipeline call must reach ``module`` whole on every rank, or ``None``.
+
+    - Perturbed-attention guidance (diffusers' ``PAG*`` processors, set by the PAG pipelines for the
+      length of a call) batches ``[uncond, cond, perturbed]`` and mixes that batch inside the model.
+    - diffusers' caches (``enable_cache``: first-block cache, FasterCache, ...) keep state per
+      ``cache_context`` and decide from statistics of the whole batch; a rank that sees half of it, or
+      one of two calls, would decide differently from one process.
+    """
+    for m in module.modules():
+        if "PAG" in type(getattr(m, "processor", None)).__name__:
+            return "perturbed-attention guidance mixes the samples of the batch inside the model"
+    for m in module.modules():
+        registry = getattr(m, "_diffusers_hook", None)
+        if registry is None:
+            continue
+        if any(getattr(h, "_is_stateful", False) for n, h in registry.hooks.items() if n != HOOK_NAME):
+            return "a diffusers cache (enable_cache) decides from the whole batch and keeps state per branch"
+    return None
+
+
+class XcfgHook(ModelHook):
+    """Runs every call of one denoiser through its CFG style.
+
+    It is a stateful hook only so that diffusers hands it the name of each ``cache_context`` the pipeline
+    opens (``"cond"``, ``"uncond"``, a guider's identifier); it keeps no state per context.
+    """
+
+    _is_stateful = True
+
+    def __init__(self, style: Style, group: CFGGroup, session: Session | None) -> None:
+        super().__init__()
+        self.style = style
+        self.group = group
+        self.session = session
+        self.contexts = StateManager(_NoState)
+        self.layouts = LayoutMemory()
+        self.whole = False  # this pipeline call runs whole on every rank: see runs_whole
+        self.checked_run: int | None = None
+        if session is not None:
+            style.agree = session.agree
+
+    @property
+    def predictions(self) -> int:
+        """How many uncond calls were computed ahead on the other rank so far (two-call style)."""
+        return self.style.stats.predictions
+
+    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        return module
+
+    def _context(self) -> str | None:
+        context = self.contexts._context
+        return None if context is None else context.name
+
+    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        style = self.style
+        session = None if torch.compiler.is_compiling() else self.session
+        call = Call(
+            module=module,
+            forward=self.fn_ref.original_forward,
+            args=args,
+            kwargs=kwargs,
+            named=style.binding.bound(args, kwargs),
+            context=self._context(),
+        )
+        if session is None:  # torch.compile traces this path: no control plane, functional collectives
+            plan = style.plan(call)
+            return style.finish(call, plan, plan.run_local())
+        if not session.in_pipeline_call:
+            session.aborted = False  # outside a pipeline call every split call confirms: nothing is left over
+        run = session.run_index
+        if style.run != run:
+            style.start_run(run)
+        try:
+            if self.checked_run != run or not session.in_pipeline_call:
+                self.checked_run = run
+                self.whole = _warn_whole(module)
+            call.whole = self.whole
+            session.check_inputs(call.named)
+            plan: CallPlan = style.plan(call)
+        except BaseException as err:
+            if not session.aborted:
+                session.fail_call(None, err, None)
+            raise
+        result = run_call(session, self.group, self.layouts, plan)
+        return style.finish(call, plan, result)
+
+
+def _warn_whole(module: torch.nn.Module) -> bool:
+    reason = runs_whole(module)
+    if reason:
+        warn_once(f"xcfg: {reason}, so xcfg runs every call of {type(module).__name__} whole on every rank "
+                  "(same result, no speedup)")
+    return reason is not None
+
+
+class Wrapped:
+    """A denoiser with the xcfg wrapper installed; :meth:`remove` restores it.
+
+    Attributes:
+        module: the wrapped model.
+        spec: the spec it was wrapped with (for an inferred model, what was inferred so far).
+        group: the CFG group it splits across.
+
+    Example:
+        >>> import torch, xcfg
+        >>> spec = xcfg.ModelSpec(model=torch.nn.Linear, batch_inputs=["input"])
+        >>> wrapped = xcfg.wrap_denoiser(torch.nn.Linear(3, 3), spec, xcfg.CFGGroup.single())
+        >>> wrapped.installed
+        True
+        >>> wrapped.remove()
+        >>> wrapped.installed
+        False
+    """
+
+    def __init__(self, module: torch.nn.Module, spec: ModelSpec, group: CFGGroup, hook: XcfgHook) -> None:
+        self.module = module
+        self.spec = spec
+        self.group = group
+        self._hook = hook
+
+    @property
+    def style(self) -> Style:
+        """The CFG style object that handles this denoiser's calls."""
+        return self._hook.style
+
+    @property
+    def predictions(self) -> int:
+        """How many uncond calls were computed ahead on the other rank (two-call style)."""
+        return self._hook.style.stats.predictions
+
+    @property
+    def installed(self) -> bool:
+        """Whether the wrapper is still on the module."""
+        registry = getattr(self.module, "_diffusers_hook", None)
+        return registry is not None and registry.get_hook(HOOK_NAME) is self._hook
+
+    def remove(self) -> None:
+        """Take the wrapper off; the module's ``forward`` is the original again. Idempotent."""
+        if self.installed:
+            self.module._diffusers_hook.remove_hook(HOOK_NAME, recurse=False)
+
+
+def is_wrapped(module: torch.nn.Module) -> bool:
+    """Whether ``module`` carries an xcfg wrapper."""
+    registry = getattr(module, "_diffusers_hook", None)
+    return registry is not None and registry.get_hook(HOOK_NAME) is not None
+
+
+def install(module: torch.nn.Module, style: Style, spec: ModelSpec, group: CFGGroup, session: Session | None) -> Wrapped:
+    """Put ``style`` on ``module`` as the hook named ``"xcfg"``."""
+    if is_wrapped(module):
+        raise SetupError(
+            f"xcfg: {type(module).__name__} is already parallelized; call .remove() on the handle parallelize "
+            "returned before applying it again"
+        )
+    hook = XcfgHook(style, group, session)
+    HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, HOOK_NAME)
+    return Wrapped(module, spec, group, hook)
+
+
+def wrap_denoiser(
+    module: torch.nn.Module, spec: ModelSpec, group: CFGGroup, *, session: Session | None = None
+) -> Wrapped:
+    """Install the split/gather wrapper described by ``spec`` on ``module``.
+
+    This is the factory :func:`xcfg.parallelize` uses for every denoiser it finds; call it directly
+    for a model outside a pipeline. The wrapper is a diffusers ``ModelHook`` named ``"xcfg"``, so it
+    composes with diffusers' own hooks, and ``inspect.signature(module.forward)`` is unchanged.
+
+    For a :attr:`CFGStyle.BATCHED` spec, per call it binds the arguments to the forward signature
+    (positional or keyword), splits every declared batch input when the batch divides by
+    ``group.size`` (a batch that does not divide runs whole on every rank), runs the original forward
+    on this rank's share, and all-gathers the output along dim 0, returning the type the caller asked
+    for. For a :attr:`CFGStyle.TWO_CALL` spec (a group of 2), the two calls of a step run on the two
+    ranks at once from the second step on; see the two-call section of the docs.
+
+    Args:
+        module: the denoiser.
+        spec: its spec.
+        group: the CFG group; with ``group.size == 1`` the wrapper runs everything locally.
+        session: the control protocol shared with the pipeline hooks; ``None`` turns off the cross-rank
+            checks (failure propagation, input comparison).
+
+    Returns:
+        A :class:`Wrapped` handle.
+
+    Raises:
+        SetupError: the module is already wrapped, the spec's style is ``none``, or a two-call spec on a
+            group that is not 2 ranks.
+        SpecError: the spec does not fit the module's forward signature.
+
+    Example:
+        >>> import torch, xcfg
+        >>> class Denoiser(torch.nn.Module):
+        ...     def forward(self, hidden_states, timestep):
+        ...         return hidden_states * timestep[:, None]
+        >>> spec = xcfg.ModelSpec(model=Denoiser, batch_inputs=["hidden_states", "timestep"])
+        >>> wrapped = xcfg.wrap_denoiser(Denoiser(), spec, xcfg.CFGGroup.single())
+        >>> wrapped.module(torch.ones(2, 3), torch.tensor([1.0, 2.0])).tolist()
+        [[1.0, 1.0, 1.0], [2.0, 2.0, 2.0]]
+        >>> wrapped.remove()
+    """
+    from ._refusals import check_style
+
+    check_style(spec, group.size, type(module).__name__)
+    style = STYLES[spec.style](spec, type(module), group, {})
+    return install(module, style, spec, group, session)
+
