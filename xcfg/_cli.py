@@ -547,12 +547,14 @@ def _run(args: argparse.Namespace) -> int:
         for model in denoisers:
             model.compile()
     _timed(pipe, warm, args.seed, output, device)
-    with _Tally(denoisers) as tally:
+    current = [m for m in (getattr(pipe, a, None) for a in DENOISERS) if isinstance(m, torch.nn.Module)]
+    with _Tally(current) as tally:  # the pipeline's denoisers now, as parallelize left them
         actual, parallel = _timed(pipe, kwargs, args.seed, output, device)
+    active = handle.active
     handle.remove()
 
     split = tally.summary()
-    if not handle.active:  # a world of one: xcfg installed nothing, whatever the hooks saw
+    if not active:  # a world of one: xcfg installed nothing, whatever the hooks saw
         split.update(calls_split=0, calls_computed_here=split["denoiser_calls"],
                      samples_computed_here=split["samples_requested"], batch_computed_here=split["batch_requested"])
     elif args.compile:  # the layers run inside the compiled graph, where the counting hooks do not fire
