@@ -15,7 +15,8 @@ continues with the same state, in about half the time per step on two GPUs::
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from ._errors import (
     DivergenceError,
@@ -36,15 +37,53 @@ from ._errors import (
     WorkerTimeoutError,
     XcfgError,
 )
-from ._group import CFGGroup, init_distributed
-from ._hookspecs import hookimpl
-from ._launch import Launched, launch
-from ._parallelize import Parallelized, parallelize
-from ._registry import Registered, Registry, default_registry
-from ._hook import Wrapped, wrap_denoiser
-from ._layout import ContextParallelSpec, Layout, layout_from_mesh, plan_layout
-from ._spec import BatchInput, CFGStyle, Example, ExampleRun, ModelSpec, VAESpec
-from ._vae import PMap, install_vae_split
+from ._log import is_main_process, log_all_ranks
+
+# Everything that needs torch, pydantic or diffusers is imported on first use (PEP 562), so that
+# ``import xcfg`` and ``xcfg --help`` stay fast; ``xcfg.parallelize`` and the rest behave as before.
+_LAZY = {
+    "CFGGroup": "_group", "init_distributed": "_group",
+    "hookimpl": "_hookspecs",
+    "Parallelized": "_parallelize", "parallelize": "_parallelize",
+    "Registered": "_registry", "Registry": "_registry", "default_registry": "_registry",
+    "BatchInput": "_spec", "CFGStyle": "_spec", "Example": "_spec", "ExampleRun": "_spec", "ModelSpec": "_spec",
+    "Launched": "_launch", "launch": "_launch",
+    "ContextParallelSpec": "_layout", "Layout": "_layout", "layout_from_mesh": "_layout", "plan_layout": "_layout",
+    "VAESpec": "_spec",
+    "PMap": "_vae", "install_vae_split": "_vae",
+    "Wrapped": "_hook", "wrap_denoiser": "_hook",
+}
+
+if TYPE_CHECKING:
+    from ._group import CFGGroup, init_distributed
+    from ._hook import Wrapped, wrap_denoiser
+    from ._hookspecs import hookimpl
+    from ._launch import Launched, launch
+    from ._layout import ContextParallelSpec, Layout, layout_from_mesh, plan_layout
+    from ._parallelize import Parallelized, parallelize
+    from ._registry import Registered, Registry, default_registry
+    from ._spec import BatchInput, CFGStyle, Example, ExampleRun, ModelSpec, VAESpec
+    from ._vae import PMap, install_vae_split
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+        globals()[name] = value
+        return value
+    if name.startswith("_") and not name.startswith("__") or name == "testing":
+        try:  # a submodule, as ``xcfg._group`` was reachable after ``import xcfg`` before imports were lazy
+            return importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"{__name__}.{name}":
+                raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __version__ = "0.1.0"
 
@@ -58,9 +97,9 @@ __all__ = [
     "ExampleRun",
     "LaunchError",
     "Launched",
+    "Layout",
     "ModelSpec",
     "NoCFGError",
-    "Layout",
     "PMap",
     "Parallelized",
     "RankError",
@@ -87,6 +126,8 @@ __all__ = [
     "hookimpl",
     "init_distributed",
     "install_vae_split",
+    "is_main_process",
+    "log_all_ranks",
     "launch",
     "layout_from_mesh",
     "parallelize",
@@ -118,6 +159,8 @@ def register_plugin(plugin: Any, name: str | None = None) -> str:
         >>> name = xcfg.register_plugin(MyModels(), name="my-models")
         >>> xcfg.unregister_plugin(name)
     """
+    from ._registry import default_registry
+
     return default_registry().register(plugin, name=name)
 
 
@@ -128,6 +171,8 @@ def unregister_plugin(plugin: Any) -> None:
         >>> import xcfg
         >>> xcfg.unregister_plugin("no-such-plugin")   # unknown names are ignored
     """
+    from ._registry import default_registry
+
     registry = default_registry()
     if isinstance(plugin, str):
         registry.unregister(name=plugin)
@@ -149,4 +194,6 @@ def build_example(name: str | None = None, **kwargs: Any) -> ExampleRun:
         >>> sorted(run.kwargs)[:3]
         ['guidance_scale', 'height', 'max_sequence_length']
     """
+    from ._registry import default_registry
+
     return default_registry().example(name).build(**kwargs)
