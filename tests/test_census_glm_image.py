@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import pathlib
 import sys
-import warnings
 from typing import Any
 
 import pytest
 import torch
 
 import xcfg
-from xcfg.testing import BatchCounter, relative_error, run_ranks
+from xcfg.testing import BatchCounter, capture_notices, relative_error, run_ranks
 
 TIMEOUT = 240.0
 
@@ -51,8 +50,7 @@ def _glm_rank(rank: int, world: int, naive: bool) -> dict[str, Any]:
     if naive:
         registry = xcfg.Registry(autoload=False)
         registry.register(_NaiveGlmImagePlugin(), name="naive-glm-image")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with capture_notices() as caught:
         with xcfg.parallelize(pipe, registry=registry) as handle:
             actual, calls = call()
             predictions = sum(w.predictions for w in handle.wrapped)
@@ -60,7 +58,7 @@ def _glm_rank(rank: int, world: int, naive: bool) -> dict[str, Any]:
     return {
         "error": relative_error(actual, expected), "single_calls": single_calls, "calls": calls,
         "predictions": predictions, "inferred": inferred,
-        "warnings": [str(w.message) for w in caught if str(w.message).startswith("xcfg")],
+        "warnings": [w for w in caught if w.startswith("xcfg")],
     }
 
 

@@ -6,7 +6,6 @@ what each rank computed below the wrapper (the batch and the calls reaching the 
 
 from __future__ import annotations
 
-import warnings
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
 import xcfg
-from xcfg.testing import relative_error, run_ranks
+from xcfg.testing import capture_notices, relative_error, run_ranks
 
 pytestmark = pytest.mark.ranks
 STEPS = 4
@@ -84,14 +83,13 @@ def _batched_rank(rank: int, world: int, mix_batch: bool) -> dict:
     latents, cond, uncond = _inputs()
     expected = batched_loop(model, latents, cond, uncond)
     model.inner.seen.clear()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with capture_notices() as caught:
         handle = xcfg.parallelize(model)
         actual = batched_loop(model, latents, cond, uncond)
     return {
         "error": relative_error(actual, expected),
         "seen": list(model.inner.seen),
-        "warnings": [str(w.message) for w in caught if "xcfg" in str(w.message)],
+        "warnings": [w for w in caught if "xcfg" in w],
         "source": handle.plugin_source(),
         "inferred": {k: (v.path if v else None) for k, v in handle.inferred.items()},
     }
@@ -164,15 +162,14 @@ def _two_call_rank(rank: int, world: int, flip_mode: bool) -> dict:
     latents, cond, uncond = _inputs()
     expected = two_call_loop(model, latents, cond, uncond, flip_mode=flip_mode)
     model.inner.seen.clear()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with capture_notices() as caught:
         handle = xcfg.parallelize(model)
         actual = two_call_loop(model, latents, cond, uncond, flip_mode=flip_mode)
     return {
         "error": relative_error(actual, expected),
         "calls": len(model.inner.seen),
         "predictions": handle.wrapped[0].predictions,
-        "warnings": [str(w.message) for w in caught if "xcfg" in str(w.message)],
+        "warnings": [w for w in caught if "xcfg" in w],
         "inferred": {k: (v.style.value if v else None) for k, v in handle.inferred.items()},
     }
 
@@ -226,14 +223,13 @@ def _list_rank(rank: int, world: int, batch: int) -> dict:
     latents, cond, uncond = _inputs(batch)
     expected = list_loop(model, latents, cond, uncond)
     model.inner.seen.clear()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with capture_notices() as caught:
         handle = xcfg.parallelize(model)
         actual = list_loop(model, latents, cond, uncond)
     return {
         "error": relative_error(actual, expected),
         "calls": len(model.inner.seen),
-        "warnings": [str(w.message) for w in caught if "xcfg" in str(w.message)],
+        "warnings": [w for w in caught if "xcfg" in w],
         "source": handle.plugin_source(),
     }
 
@@ -266,15 +262,14 @@ def _odd_rank(rank: int, world: int) -> dict:
     latents, cond, _ = _inputs(3)
     expected = pipe(latents, cond)
     pipe.transformer.inner.seen.clear()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with capture_notices() as caught:
         xcfg.parallelize(pipe)
         actual = pipe(latents, cond)
         again = pipe(latents, cond)
     return {
         "error": max(relative_error(actual, expected), relative_error(again, expected)),
         "seen": pipe.transformer.inner.seen,
-        "warnings": [str(w.message) for w in caught if "xcfg" in str(w.message)],
+        "warnings": [w for w in caught if "xcfg" in w],
     }
 
 

@@ -43,8 +43,9 @@ from ._vae import check_vae_output, install_vae_split
 
 __all__ = ["AUXILIARY_ATTRIBUTES", "DENOISER_ATTRIBUTES", "Parallelized", "parallelize"]
 
-DENOISER_ATTRIBUTES = ("transformer", "transformer_2", "unet")
-"""Pipeline attributes that hold denoisers (``transformer_2`` is Wan 2.2's low-noise expert)."""
+DENOISER_ATTRIBUTES = ("transformer", "transformer_2", "unet", "prior")
+"""Pipeline attributes that hold denoisers (``transformer_2`` is Wan 2.2's low-noise expert; ``prior`` the
+Kandinsky and Stable Cascade priors and unCLIP's)."""
 
 AUXILIARY_ATTRIBUTES = ("controlnet",)
 """Pipeline attributes of modules that run on the same CFG batch as the denoiser (ControlNet,

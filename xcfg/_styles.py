@@ -315,7 +315,9 @@ class TwoCall(Style):
             history.uncond = snapshot(call.named)
             first = history.first or {}
             names = set(first) | set(call.named)
-            history.branch = tuple(sorted(n for n in names if not same(first.get(n), call.named.get(n))))
+            history.branch = tuple(
+                sorted(n for n in names if (n in first) != (n in call.named) or not same(first.get(n), call.named.get(n)))
+            )  # an argument passed in one call and left out of the other differs too
             self.pending = None
         history.last_role = role
         return output

@@ -24,7 +24,15 @@ from typing import Any
 
 import torch
 
-__all__ = ["BatchCounter", "ExampleReport", "RanksFailed", "check_example", "relative_error", "run_ranks"]
+__all__ = [
+    "BatchCounter",
+    "ExampleReport",
+    "RanksFailed",
+    "capture_notices",
+    "check_example",
+    "relative_error",
+    "run_ranks",
+]
 
 _PRELOAD = ["torch", "transformers", "diffusers", "xcfg"]
 
@@ -189,6 +197,48 @@ class BatchCounter:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+
+
+@contextlib.contextmanager
+def capture_notices() -> Any:
+    """Collect the notices xcfg logs on this rank (every rank's, not only rank 0's) into a list of strings.
+
+    xcfg's warnings go through the ``"xcfg"`` logger, on global rank 0 only and once per process for each
+    text; inside this block every rank logs, and a text seen before the block is logged again.
+
+    Example:
+        >>> from xcfg.testing import capture_notices
+        >>> from xcfg._notices import warn_once
+        >>> with capture_notices() as notices:
+        ...     _ = warn_once("xcfg: an example notice")
+        >>> notices
+        ['xcfg: an example notice']
+    """
+    import logging
+
+    from . import _log
+
+    messages: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    handler = _Collect(level=logging.WARNING)
+    logger = _log.get_logger()
+    previous = _log._all_ranks
+    with _log._seen_lock:
+        seen = set(_log._seen)
+        _log._seen.clear()
+    _log.log_all_ranks(True)
+    logger.addHandler(handler)
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)
+        _log.log_all_ranks(previous)
+        with _log._seen_lock:
+            _log._seen.update(seen)
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:

@@ -21,9 +21,12 @@ class Case:
         example: the name of a registered xcfg example (a plugin's tiny build) to use instead of ``build``.
         output: the attribute of the pipeline output that holds the result.
         parallelize: keyword arguments for ``xcfg.parallelize`` (``{"true_cfg": True}``).
-        expect: ``"split"`` (equal to one process, each rank computing its share) or ``"refused"`` (xcfg
-            refuses it with a reason, before any collective).
+        expect: ``"split"`` (equal to one process, each rank computing its share), ``"refused"`` (xcfg
+            refuses it with a reason, before any collective) or ``"whole"`` (a hazard the inferred mode must
+            catch: equal to one process, every call run whole, with a warning).
         note: what is special about it (hazards, why refused).
+        count_at: a submodule of the denoiser (``"patch_embed"``) whose inputs' batch measures the work, where
+            the model's first layer is not fed the batch (ConsisID's face encoder sees batch 1).
     """
 
     pipeline: str
@@ -33,3 +36,4 @@ class Case:
     parallelize: dict[str, Any] = field(default_factory=dict)
     expect: str = "split"
     note: str = ""
+    count_at: str | None = None

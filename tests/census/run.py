@@ -14,7 +14,6 @@ import json
 import pathlib
 import sys
 import traceback
-import warnings
 from typing import Any
 
 import torch
@@ -38,7 +37,7 @@ def cases() -> dict[str, Any]:
     for path in sorted(HERE.glob("cases_*.py")):
         module = importlib.import_module(f"census.{path.stem}")
         for case in module.CASES:
-            found.setdefault(case.pipeline if case.example is None else f"example:{case.example}", case)
+            found[case.pipeline if case.example is None else f"example:{case.example}"] = case  # notes and output
     return found
 
 
@@ -59,7 +58,7 @@ def _denoisers(pipe: Any) -> list[torch.nn.Module]:
     return [m for m in found if isinstance(m, torch.nn.Module)]
 
 
-def _call(pipe: Any, kwargs: dict[str, Any], output: str) -> tuple[torch.Tensor, int]:
+def _call(pipe: Any, kwargs: dict[str, Any], output: str, count_at: str | None = None) -> tuple[torch.Tensor, int]:
     """The pipeline's output as one tensor, and the work its denoisers did: samples reaching their layers."""
     from xcfg.testing import BatchCounter
 
@@ -69,11 +68,22 @@ def _call(pipe: Any, kwargs: dict[str, Any], output: str) -> tuple[torch.Tensor,
         call["generator"] = torch.Generator().manual_seed(7)
     if "output_type" in params and "output_type" not in call:
         call["output_type"] = "pt"
-    with contextlib.ExitStack() as stack:
-        counters = [stack.enter_context(BatchCounter(m)) for m in _denoisers(pipe)]
-        result = pipe(**call)
+    if count_at is not None:  # the batch reaching one named layer of the first denoiser
+        seen: list[int] = []
+        layer = _denoisers(pipe)[0].get_submodule(count_at)
+        hook = layer.register_forward_pre_hook(lambda _m, args: seen.append(int(args[0].shape[0])))
+        try:
+            result = pipe(**call)
+        finally:
+            hook.remove()
+        work = sum(seen)
+    else:
+        with contextlib.ExitStack() as stack:
+            counters = [stack.enter_context(BatchCounter(m)) for m in _denoisers(pipe)]
+            result = pipe(**call)
+        work = sum(sum(c.batches) for c in counters)
     value = getattr(result, output) if not isinstance(result, (tuple, list)) else result[0]
-    return _tensor(value), sum(sum(c.batches) for c in counters)
+    return _tensor(value), work
 
 
 def _tensor(value: Any) -> torch.Tensor:
@@ -89,7 +99,7 @@ def _tensor(value: Any) -> torch.Tensor:
 def run_case(case: Any) -> dict[str, Any]:
     """One case on this rank: the plain pipeline, then parallelized; what each computed and how they agree."""
     import xcfg
-    from xcfg.testing import relative_error
+    from xcfg.testing import capture_notices, relative_error
 
     pipe, kwargs, output = _build(case)
     if "num_inference_steps" in kwargs:
@@ -100,7 +110,7 @@ def run_case(case: Any) -> dict[str, Any]:
         "expect": case.expect,
         "note": case.note,
     }
-    expected, single_work = _call(pipe, kwargs, output)
+    expected, single_work = _call(pipe, kwargs, output, case.count_at)
     options = dict(case.parallelize)
     if float(kwargs.get("true_cfg_scale", 1.0) or 1.0) > 1.0:
         options.setdefault("true_cfg", True)  # the call runs true CFG: a cond and an uncond call per step
@@ -108,9 +118,8 @@ def run_case(case: Any) -> dict[str, Any]:
         handle = xcfg.parallelize(pipe, **options)
     except xcfg.RefusedError as err:
         return {**result, "status": "refused", "reason": f"{type(err).__name__}: {err}".splitlines()[0][:300]}
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        actual, work = _call(pipe, kwargs, output)
+    with capture_notices() as caught:
+        actual, work = _call(pipe, kwargs, output, case.count_at)
     inferred = [name for name, spec in handle.specs.items() if spec is None]
     result.update(
         status="inferred" if inferred else "plugin",
@@ -119,7 +128,7 @@ def run_case(case: Any) -> dict[str, Any]:
         work=work,
         split=sum(w.style.stats.split for w in handle.wrapped),
         predictions=sum(w.style.stats.predictions for w in handle.wrapped),
-        warnings=sorted({str(w.message)[:300] for w in caught if str(w.message).startswith("xcfg")}),
+        warnings=sorted({w[:300] for w in caught if w.startswith("xcfg")}),
         source=handle.plugin_source(),
     )
     handle.remove()
@@ -136,6 +145,9 @@ def verdict(result: dict[str, Any]) -> tuple[bool, str]:
         return ok, result.get("reason", f"expected {result['expect']}, got {result['status']}")
     if result["error"] > TOLERANCE:
         return False, f"relative error {result['error']:.2e} against one process"
+    if result["expect"] == "whole":  # a hazard inference must catch: equal, run whole, and said so
+        said = any("whole" in w or "split none" in w for w in result["warnings"])
+        return said and result["work"] >= result["single_work"], f"expected whole with a warning: {result['warnings']}"
     if result["split"] == 0 or result["work"] >= result["single_work"]:
         return False, (f"nothing split: the rank computed {result['work']} samples against {result['single_work']} "
                        f"for one process; {result['warnings']}")
@@ -180,6 +192,7 @@ def summary(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "why": None if ok else why[:300],
             "reason": result.get("reason"),
             "note": result.get("note", ""),
+            "expect": result.get("expect", "split"),
         }
     return kept
 

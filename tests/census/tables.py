@@ -23,10 +23,13 @@ def rows(results: dict[str, dict[str, Any]], unbuilt: dict[str, str], classes: l
         entries = by_class.get(cls, [])
         pipelines = ", ".join(sorted({e["pipeline"] for e in entries})) or "—"
         passed = [e for e in entries if e["passed"]]
-        if any(e["status"] == "plugin" for e in passed):
+        split = [e for e in passed if e.get("expect", "split") == "split" and e["status"] in ("plugin", "inferred")]
+        if any(e["status"] == "plugin" for e in split):
             how = "plugin"
-        elif any(e["status"] == "inferred" for e in passed):
+        elif split:
             how = "inferred"
+        elif any(e.get("expect") == "whole" for e in passed):
+            how = "runs whole: " + (next(e for e in passed if e.get("expect") == "whole")["note"] or "")[:200]
         elif any(e["status"] == "refused" for e in passed):
             reason = next(e["reason"] for e in passed if e["status"] == "refused") or ""
             how = "refused: " + reason.split(": ", 1)[-1][:160]
@@ -48,10 +51,11 @@ def markdown(results: dict[str, dict[str, Any]] | None = None, unbuilt: dict[str
     results = json.loads(RESULTS.read_text()) if results is None else results
     classes = json.loads(CLASSES.read_text())["classes"] if CLASSES.exists() else None
     table = rows(results, UNBUILT if unbuilt is None else unbuilt, classes)
-    counts = {how: sum(1 for _, _, h in table if h.split(":")[0] == how) for how in ("plugin", "inferred", "refused")}
+    counts = {how: sum(1 for _, _, h in table if h.split(":")[0] == how) for how in ("plugin", "inferred", "refused", "runs whole")}
     lines = [
         f"{counts['plugin'] + counts['inferred']} denoiser classes split on 2 ranks ({counts['plugin']} by a plugin, "
-        f"{counts['inferred']} inferred), {counts['refused']} refused with the reason, of the {len(table)} denoiser "
+        f"{counts['inferred']} inferred), {counts['runs whole']} run whole (equal, not faster), {counts['refused']} refused "
+        f"with the reason, of the {len(table)} denoiser "
         "classes that some pipeline of diffusers runs with CFG.",
         "",
         "| model class | pipelines run in the census | how xcfg runs it |",
