@@ -69,6 +69,8 @@ class XcfgHook(ModelHook):
         self.layouts = LayoutMemory()
         self.whole = False  # this pipeline call runs whole on every rank: see runs_whole
         self.checked_run: int | None = None
+        self.seen_contexts: set[tuple[str | None, str]] = set()  # (cache context, role) pairs seen this pipeline call
+        self.predicted_run: int | None = None  # the pipeline call whose first computed-ahead call was checked
         if session is not None:
             style.agree = session.agree
 
@@ -99,20 +101,38 @@ class XcfgHook(ModelHook):
             plan = style.plan(call)
             return style.finish(call, plan, plan.run_local())
         if not session.in_pipeline_call:
-            session.aborted = False  # outside a pipeline call every split call confirms: nothing is left over
+            session.aborted = False  # outside a pipeline call the abort state is per denoiser call
+            if session.pipelines:
+                warn_once(
+                    f"xcfg: {type(module).__name__} was called outside a call of the pipeline it was parallelized "
+                    "with (a second pipeline made with from_pipe, or a hand-written loop): its calls split, but the "
+                    "ranks' random state is not synchronized and no call start or end is agreed. For a second "
+                    "pipeline on the same modules, call xcfg.parallelize(pipe2) on every rank."
+                )
         run = session.run_index
         if style.run != run:
             style.start_run(run)
         try:
+            if self.checked_run != run:
+                self.seen_contexts = set()
             if self.checked_run != run or not session.in_pipeline_call:
                 self.checked_run = run
                 self.whole = _warn_whole(module)
             call.whole = self.whole
-            session.check_inputs(call.named)
+            # every call a rank computes for another is covered: the first call of this denoiser in each cache
+            # context ("cond", "uncond", ...) and role (a two-call step's first and second call), and the first
+            # uncond call computed ahead, besides call 0 and every check_every-th call
             plan: CallPlan = style.plan(call)
+            kind = (call.context, call.role)  # the role is known once the style planned the call
+            first_here = kind not in self.seen_contexts
+            self.seen_contexts.add(kind)
+            name = type(module).__name__
+            session.check_inputs(call.named, force=first_here and session.in_pipeline_call, what=name)
+            if call.predicted is not None and self.predicted_run != run:
+                self.predicted_run = run
+                session.check_inputs(call.predicted, force=True, what=f"the uncond call of {name} computed ahead")
         except BaseException as err:
-            if not session.aborted:
-                session.fail_call(None, err, None)
+            session.fail_call(None, err)
             raise
         result = run_call(session, self.group, self.layouts, plan)
         return style.finish(call, plan, result)
