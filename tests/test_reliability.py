@@ -313,3 +313,143 @@ def _nested_rank(rank: int, world: int) -> dict:
 def test_a_nested_pipeline_call_gets_the_start_of_call_agreement():
     for result in run_ranks(_nested_rank, timeout=240):
         assert result["inner"] < 1e-4 and result["outer"] < 1e-4, result
+
+
+# -- rough edges ---------------------------------------------------------------------------------------
+
+
+class _Stall:
+    """Sleeps inside the transformer on one rank at its n-th call (a peer stuck in its forward)."""
+
+    def __init__(self, rank: int, nth: int, seconds: float) -> None:
+        self.rank, self.nth, self.seconds, self.seen = rank, nth, seconds, 0
+
+    def __call__(self, *_):
+        self.seen += 1
+        if torch.distributed.get_rank() == self.rank and self.seen == self.nth:
+            time.sleep(self.seconds)
+
+
+def _timeout_rank(rank: int, world: int) -> dict:
+    pipe, kwargs, output = _pipeline(steps=3)
+    expected = _result(pipe, kwargs, output, generator=torch.Generator().manual_seed(0))
+    handle = xcfg.parallelize(pipe, timeout=TIMEOUT)
+    hook = pipe.transformer.patch_embed.register_forward_pre_hook(_Stall(rank=1, nth=3, seconds=12))
+    out = {"stuck": _outcome(lambda: _result(pipe, kwargs, output, generator=torch.Generator().manual_seed(0)))}
+    hook.remove()
+    out["next"] = _outcome(lambda: _result(pipe, kwargs, output, generator=torch.Generator().manual_seed(0)))
+    torch.distributed.barrier()  # both ranks back; the group says it cannot be used, a new one can
+    handle.remove()
+    handle = xcfg.parallelize(pipe, timeout=TIMEOUT)
+    out["recovered"] = relative_error(_result(pipe, kwargs, output, generator=torch.Generator().manual_seed(0)), expected)
+    return out
+
+
+@pytest.mark.ranks
+def test_a_peer_stuck_in_its_forward_is_waited_for_once_and_the_group_says_it_cannot_go_on():
+    import re
+
+    rank0, rank1 = run_ranks(_timeout_rank, timeout=180)
+    text, seconds = rank0["stuck"]
+    assert text.startswith("RankTimeoutError") and "denoiser call 2 of pipeline call" in text, text
+    assert "ending pipeline call" not in text and "at at" not in text and "during at" not in text, text
+    waited = float(re.search(r"waited (\d+\.\d) s", text).group(1))
+    limit = TIMEOUT.total_seconds()
+    assert limit - 0.5 <= waited <= limit + 1.5 and seconds < 1.6 * limit, (waited, seconds, "one wait, not two")
+    text1, _ = rank1["stuck"]  # its peer gave up first: a timeout here, or the connection the peer closed
+    assert text1.startswith(("RankTimeoutError", "RankFailedError")) and "probably exited" not in text1, text1
+    for result in (rank0, rank1):
+        text, seconds = result["next"]
+        assert "cannot be used any more" in text and "waited" not in text and seconds < 1, text
+        assert "probably exited" not in text
+        assert result["recovered"] < 1e-4, "remove() and parallelize() make a fresh group that works"
+
+
+def _cycles_rank(rank: int, world: int) -> dict:
+    from torch.distributed import distributed_c10d as c10d
+
+    model = toys.toy_model()
+    registry = xcfg.Registry(autoload=False)
+    registry.register(toys.ToyPlugin(), name="toys")
+    inputs = toys.toy_inputs(2)
+
+    def cycle():
+        with xcfg.parallelize(model, registry=registry), torch.no_grad():
+            model(**inputs)
+
+    cycle()
+    groups, files = len(c10d._world.pg_map), len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        cycle()
+    return {"groups": len(c10d._world.pg_map) - groups, "files": len(os.listdir("/proc/self/fd")) - files}
+
+
+@pytest.mark.ranks
+def test_twenty_parallelize_remove_cycles_leak_no_group_and_no_descriptor():
+    for result in run_ranks(_cycles_rank, timeout=120):
+        assert result["groups"] == 0 and result["files"] <= 0, result
+
+
+def _setup_rank(rank: int, world: int) -> dict:
+    model = toys.toy_model()
+    registry = xcfg.Registry(autoload=False)
+    registry.register(toys.ToyPlugin(), name="toys")
+    out = {}
+    for label, kwargs in (
+        ("check_every", {"check_every": rank}),
+        ("true_cfg", {"true_cfg": rank == 0}),
+        ("degree0", {"degree": 0}),
+        ("degree3", {"degree": 3}),
+    ):
+        out[label] = _outcome(lambda: xcfg.parallelize(model, registry=registry, timeout=TIMEOUT, **kwargs))
+    pipe = toys.ToyPipe(model)
+    handle = xcfg.parallelize(pipe, registry=registry, timeout=TIMEOUT)
+    out["deepcopy"] = _outcome(lambda: copy.deepcopy(pipe))
+    out["pickle"] = _outcome(lambda: pickle.dumps(pipe))
+    inputs = toys.toy_inputs(2)
+    with torch.no_grad():
+        out["works"] = tuple(pipe(**inputs, generator=torch.Generator().manual_seed(rank)).shape)
+    handle.remove()
+    return out
+
+
+@pytest.mark.ranks
+def test_rank_dependent_or_impossible_setups_are_refused_with_the_truth():
+    for result in run_ranks(_setup_rank, timeout=120):
+        for label in ("check_every", "true_cfg"):
+            text, seconds = result[label]
+            assert text.startswith("SetupError") and "different arguments" in text and seconds < 3, (label, text)
+        assert result["degree0"][0].startswith("SetupError: xcfg: degree must be a whole number"), result
+        text = result["degree3"][0]
+        assert text.startswith("SetupError") and "larger than the world size 2" in text and "3 or 3" not in text
+        for label in ("deepcopy", "pickle"):
+            text = result[label][0]
+            assert text.startswith("TypeError") and "remove()" in text and "process groups" in text, text
+        assert result["works"] == (2, 3, 4)
+
+
+def _messages_rank(rank: int, world: int) -> dict:
+    pipe, kwargs, output = _pipeline(steps=2)
+    xcfg.parallelize(pipe)
+    out = {}
+    generator = torch.Generator().manual_seed(0) if rank == 0 else None
+    out["generator"] = _outcome(lambda: _result(pipe, kwargs, output, generator=generator))
+    out["guidance"] = _outcome(lambda: _result(pipe, dict(kwargs, guidance_scale=6.0 + rank), output))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _result(pipe, dict(kwargs, guidance_scale=1.0), output)
+    out["warnings"] = [(str(w.message), w.filename) for w in caught if str(w.message).startswith("xcfg")]
+    out["after"] = tuple(_result(pipe, kwargs, output, generator=torch.Generator().manual_seed(0)).shape)
+    return out
+
+
+@pytest.mark.ranks
+def test_messages_say_what_differs_and_warnings_point_at_the_callers_line():
+    for result in run_ranks(_messages_rank, timeout=180):
+        text, _ = result["generator"]
+        assert text.startswith("RankMismatchError") and "with 1 generator" in text and "without a generator" in text
+        assert "global rank" in text, text
+        text, _ = result["guidance"]
+        assert text.startswith("DivergenceError") and "guidance_scale=6.0" in text and "guidance_scale=7.0" in text
+        assert result["warnings"] and all(f == __file__ for _, f in result["warnings"]), result["warnings"]
+        assert len(result["after"]) == 5

@@ -430,8 +430,9 @@ class CFGGroup:
                 ) from err
             self._health["broken"] = f"the connection to a peer broke {_during(where)}."
             raise RankFailedError(
-                f"xcfg: {me} lost the connection to a peer {_during(where)} after {waited:.1f} s: its process exited or "
-                f"its connection closed ({text}). This group cannot be used again."
+                f"xcfg: {me} lost the connection to a peer {_during(where)} after {waited:.1f} s: the peer's process "
+                "exited, or the peer gave up waiting for this rank (its timeout passed first) and closed the connection; "
+                f"see its log ({text}). This group cannot be used again: remove() and parallelize() make a new one."
             ) from err
 
 
