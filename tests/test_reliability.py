@@ -453,3 +453,38 @@ def test_messages_say_what_differs_and_warnings_point_at_the_callers_line():
         assert text.startswith("DivergenceError") and "guidance_scale=6.0" in text and "guidance_scale=7.0" in text
         assert result["warnings"] and all(f == __file__ for _, f in result["warnings"]), result["warnings"]
         assert len(result["after"]) == 5
+
+
+def _compiled_two_call_rank(rank: int, world: int) -> dict:
+    registry = xcfg.Registry(autoload=False)
+    registry.register(toys.TwoCallPlugin(), name="two_call")
+    model = toys.two_call_model()
+    pipe = toys.ToyTwoCallPipe(model)
+    inputs = toys.toy_inputs(1)
+    args = (inputs["hidden_states"], inputs["encoder_hidden_states"], -inputs["encoder_hidden_states"])
+    with torch.no_grad():
+        expected = pipe(*args, steps=6)
+        handle = xcfg.parallelize(pipe, registry=registry)
+        graphs = []
+
+        def record(graph_module, example_inputs):
+            graphs.append(graph_module)
+            return graph_module.forward
+
+        torch._dynamo.reset()
+        pipe.transformer = torch.compile(model, backend=record)
+        actual = pipe(*args, steps=6)
+        again = pipe(*args, steps=6)
+    return {
+        "error": max(relative_error(actual, expected), relative_error(again, expected)),
+        "graphs": len(graphs),
+        "predictions": handle.wrapped[0].predictions,
+    }
+
+
+@pytest.mark.ranks
+def test_a_compiled_two_call_model_keeps_the_control_path_out_of_the_graph():
+    for result in run_ranks(_compiled_two_call_rank, timeout=180):
+        assert result["error"] < 1e-5, result
+        assert result["predictions"] > 0, "the control path ran (eagerly) and predicted uncond calls"
+        assert result["graphs"] <= 4, "no recompilation per call"

@@ -243,7 +243,7 @@ class CFGGroup:
         Outside a compiled graph and autograd, the collective is guarded: every rank posts a small row on
         the control plane as it enters, and checks every rank's row after it. A rank that fails before or
         inside the collective (out of memory allocating the gathered buffer, ...) stands in for it with
-        zeros instead (:meth:`stand_in`), so every rank leaves the collective, sees the failure in the
+        zeros instead (``stand_in``), so every rank leaves the collective, sees the failure in the
         guard and raises at this collective: the failing rank its own error, the others
         :class:`xcfg.RankFailedError`.
         """

@@ -16,7 +16,7 @@ from ._notices import warn_once
 from ._protocol import CallPlan, LayoutMemory, run_call
 from ._session import Session
 from ._spec import ModelSpec
-from ._styles import STYLES, Call, Style
+from ._styles import STYLES, Batched, Call, Style
 
 __all__ = ["HOOK_NAME", "Wrapped", "is_wrapped", "runs_whole", "wrap_denoiser"]
 
@@ -87,6 +87,14 @@ class XcfgHook(ModelHook):
         return None if context is None else context.name
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if torch.compiler.is_compiling() and not isinstance(self.style, Batched):
+            # a two-call (or inferred) style decides in Python from the values of past calls: traced, every
+            # decision would be a guard and a recompile. Its calls leave the graph (one graph break) and run
+            # eagerly with the control plane; blocks compiled on their own (compile_repeated_blocks) stay compiled.
+            return _eager(self, module, *args, **kwargs)
+        return self._forward(module, *args, **kwargs)
+
+    def _forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         style = self.style
         session = None if torch.compiler.is_compiling() else self.session
         call = Call(
@@ -136,6 +144,11 @@ class XcfgHook(ModelHook):
             raise
         result = run_call(session, self.group, self.layouts, plan)
         return style.finish(call, plan, result)
+
+
+@torch.compiler.disable
+def _eager(hook: XcfgHook, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+    return hook._forward(module, *args, **kwargs)
 
 
 def _warn_whole(module: torch.nn.Module) -> bool:

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from ._errors import DivergenceError, RankError, RankFailedError, RankMismatchError, SetupError
+from ._errors import DivergenceError, RankError, RankFailedError, RankMismatchError, RankTimeoutError, SetupError
 from ._group import CFGGroup, _summary
 
 __all__ = ["Session"]
@@ -124,6 +124,13 @@ class Session:
         """Agree on the set-up before installing anything; returns every rank's ``value``."""
         try:
             rows = self._round(Tag.SETUP, value=value, aux=aux, flags=Flag.NONE, error=None, compare_value=False)
+        except RankTimeoutError as err:
+            raise RankTimeoutError(
+                f"xcfg: a peer of the CFG group {list(self.group.ranks)} did not reach parallelize()'s handshake "
+                f"within {self.group.timeout.total_seconds():g} s. Usually parallelize() refused the pipeline on that "
+                "rank (see its log): it was called with other arguments there (true_cfg, degree, group), or its "
+                "pipeline differs. Call it alike on every rank."
+            ) from err
         except RankMismatchError as err:
             mine = aux
             raise SetupError(
