@@ -488,3 +488,47 @@ def test_a_compiled_two_call_model_keeps_the_control_path_out_of_the_graph():
         assert result["error"] < 1e-5, result
         assert result["predictions"] > 0, "the control path ran (eagerly) and predicted uncond calls"
         assert result["graphs"] <= 4, "no recompilation per call"
+
+
+# -- the same faults on 4 ranks --------------------------------------------------------------------------
+
+
+def _four_rank(rank: int, world: int, degree: int) -> dict:
+    model = toys.toy_model()
+    registry = xcfg.Registry(autoload=False)
+    registry.register(toys.ToyPlugin(), name="toys")
+    inputs = toys.toy_inputs(4)
+    pipe = toys.ToyPipe(model)
+    out = {}
+    with torch.no_grad():
+        leader = rank - rank % degree  # rank 0 of this rank's CFG group, whose random state every member gets
+        expected = pipe(**inputs, generator=torch.Generator().manual_seed(leader))
+        xcfg.parallelize(pipe, registry=registry, degree=degree, timeout=datetime.timedelta(seconds=20))
+        pipe2 = toys.ToyPipe(model)  # a second pipeline on the same module
+        xcfg.parallelize(pipe2, registry=registry, degree=degree, timeout=datetime.timedelta(seconds=20))
+        out["seeded"] = relative_error(pipe2(**inputs, generator=torch.Generator().manual_seed(rank)), expected)
+        with _FailingGather(rank=3, nth=1):
+            out["gather"] = _outcome(lambda: pipe2(**inputs, generator=torch.Generator().manual_seed(0)))
+        hook = model.proj.register_forward_pre_hook(_Fault(rank=3, nth=1))
+        out["forward"] = _outcome(lambda: pipe(**inputs, generator=torch.Generator().manual_seed(0)))
+        hook.remove()
+        out["after"] = relative_error(pipe(**inputs, generator=torch.Generator().manual_seed(rank)), expected)
+    return out
+
+
+@pytest.mark.ranks
+@pytest.mark.parametrize("degree", [4, 2])
+def test_faults_on_4_ranks_raise_in_the_failing_ranks_group_naming_global_ranks(degree):
+    results = run_ranks(_four_rank, degree, world_size=4, timeout=180)
+    for rank, result in enumerate(results):
+        assert result["seeded"] < 1e-5 and result["after"] < 1e-5, result
+        for label in ("gather", "forward"):
+            text, seconds = result[label]
+            if rank == 3:
+                assert text.startswith("RuntimeError") and "(injected)" in text, text
+            elif rank // degree == 3 // degree:  # the failing rank's CFG group
+                assert text.startswith("RankFailedError") and "global rank 3" in text and "(injected)" in text, text
+                assert f"rank {3 % degree} (global rank 3)" in text, text
+            else:
+                assert text == "no error", text
+            assert seconds < 15
