@@ -406,6 +406,8 @@ def _setup_rank(rank: int, world: int) -> dict:
     handle = xcfg.parallelize(pipe, registry=registry, timeout=TIMEOUT)
     out["deepcopy"] = _outcome(lambda: copy.deepcopy(pipe))
     out["pickle"] = _outcome(lambda: pickle.dumps(pipe))
+    out["module_copy"] = _outcome(lambda: copy.deepcopy(model))
+    out["state_dict"] = _outcome(lambda: pickle.dumps(model.state_dict()))
     inputs = toys.toy_inputs(2)
     with torch.no_grad():
         out["works"] = tuple(pipe(**inputs, generator=torch.Generator().manual_seed(rank)).shape)
@@ -422,9 +424,10 @@ def test_rank_dependent_or_impossible_setups_are_refused_with_the_truth():
         assert result["degree0"][0].startswith("SetupError: xcfg: degree must be a whole number"), result
         text = result["degree3"][0]
         assert text.startswith("SetupError") and "larger than the world size 2" in text and "3 or 3" not in text
-        for label in ("deepcopy", "pickle"):
+        for label in ("deepcopy", "pickle", "module_copy"):
             text = result[label][0]
             assert text.startswith("TypeError") and "remove()" in text and "process groups" in text, text
+        assert result["state_dict"][0] == "no error", "weights can still be saved"
         assert result["works"] == (2, 3, 4)
 
 

@@ -79,6 +79,15 @@ class XcfgHook(ModelHook):
         """How many uncond calls were computed ahead on the other rank so far (two-call style)."""
         return self.style.stats.predictions
 
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError(
+            "xcfg: this module is parallelized: its xcfg hook holds process groups, which cannot be copied or "
+            "pickled. Call .remove() on the handle xcfg.parallelize() returned, copy or save the module, then "
+            "parallelize the one you run."
+        )
+
+    __deepcopy__ = __reduce_ex__
+
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         return module
 
