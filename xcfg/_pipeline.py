@@ -75,11 +75,13 @@ def _refuse_copy(self: Any, *args: Any) -> Any:
     )
 
 
+@functools.partial(torch.compiler.disable, recursive=False)
 def bracketed(session: Session, call: Callable[[], Any], arguments: dict[str, Any]) -> Any:
     """Run ``call`` as one pipeline call of ``session``: agreed start (random state, plain arguments) and end.
 
     A call made while another is under way (from a callback) is bracketed too, with its own call index;
-    the outer call's place is restored afterwards.
+    the outer call's place is restored afterwards. Under a whole-pipeline ``torch.compile`` the bracket is
+    not traced (its frame runs eagerly) while ``call``, the pipeline's own code, is still compiled.
     """
     saved = session.save() if session.depth else None
     session.depth += 1
@@ -110,7 +112,7 @@ def _subclass(base: type) -> type:
     @functools.wraps(original_call)
     def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
         session: Session | None = self.__dict__.get(_SESSION_ATTR)
-        if session is None or session.closed or torch.compiler.is_compiling():
+        if session is None or session.closed:
             return original_call(self, *args, **kwargs)
         result = bracketed(session, lambda: original_call(self, *args, **kwargs), _arguments(signature, args, kwargs))
         on_end = self.__dict__.get(_END_ATTR)

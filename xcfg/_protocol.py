@@ -1,4 +1,4 @@
-"""One denoiser call under the control protocol: announce, compute, confirm, collect.
+"""One denoiser call under the control protocol: announce, compute, check, collect (guarded).
 
 A style's plan says what this rank computes (``compute``) and which data collective follows
 (``collect``); :func:`run_call` runs them between the session's header rounds so that a rank that fails
@@ -28,7 +28,7 @@ class CallPlan:
         collect: the call's data collective on ``compute``'s result, returning the result and the layout it
             gathered; ``None`` when the call runs whole on every rank.
         value: what every rank must agree on for this call (the batch, or -1).
-        key: what determines the call's output layout (for a rank that must join with zeros later).
+        key: what determines the call's output layout (the call's shape; kept for the styles and reports).
     """
 
     compute: Callable[[], Any]
@@ -62,7 +62,8 @@ def run_call(session: Session, group: CFGGroup, memory: LayoutMemory, plan: Call
     ``compute`` fails, or whose ``collect`` fails before or inside its data collective, stands in for
     what the others wait in (:meth:`Session.fail_call`, :meth:`Session.fail_collective`): every rank
     raises at this call, the failing rank its own error. No call waits for the other ranks' forwards.
-    ``memory`` is kept for the styles' use; the protocol no longer needs the output layout.
+    ``memory`` is no longer consulted: a failing rank learns the size of the collective it stands in for
+    from the others' guard rows, not from a layout recorded at an earlier call.
     """
     memory.for_run(session.run_index)
     split = plan.collect is not None
