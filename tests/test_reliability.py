@@ -535,3 +535,22 @@ def test_faults_on_4_ranks_raise_in_the_failing_ranks_group_naming_global_ranks(
             else:
                 assert text == "no error", text
             assert seconds < 15
+
+
+def _compiled_pipeline_rank(rank: int, world: int) -> dict:
+    registry = xcfg.Registry(autoload=False)
+    registry.register(toys.ToyPlugin(), name="toys")
+    pipe = toys.ToyPipe(toys.toy_model())
+    inputs = toys.toy_inputs(2)
+    with torch.no_grad():
+        expected = pipe(**inputs, generator=torch.Generator().manual_seed(0))
+        xcfg.parallelize(pipe, registry=registry)
+        call = torch.compile(pipe.__call__, backend="eager")  # the whole pipeline call, bracket included
+        results = [call(**inputs, generator=torch.Generator().manual_seed(rank)) for _ in range(2)]
+    return {"error": max(relative_error(r, expected) for r in results)}
+
+
+@pytest.mark.ranks
+def test_a_compiled_pipeline_call_keeps_the_random_state_copy():
+    for result in run_ranks(_compiled_pipeline_rank, timeout=120):
+        assert result["error"] < 1e-6, "the bracket ran eagerly: rank 0's random state reached every rank"
