@@ -171,7 +171,8 @@ class CFGGroup:
         key = (id(dist.distributed_c10d._get_default_group()), ranks, timeout, None if data is None else id(data))
         with _pool_lock:
             pooled = _pool.get(key)
-            if pooled is not None and pooled.broken is None and (data is None or pooled.group is data):
+            alive = pooled is not None and pooled.control in dist.distributed_c10d._world.pg_map
+            if alive and pooled.broken is None and (data is None or pooled.group is data):
                 return pooled
         rank = ranks.index(dist.get_rank())
         owned = []

@@ -161,7 +161,7 @@ class Session:
         for r, (_, theirs) in enumerate(everyone[1:], start=1):
             reference = everyone[0][1]
             for name in sorted(set(reference) | set(theirs)):
-                if reference.get(name, _MISSING) != theirs.get(name, _MISSING):
+                if not _same_plain(reference.get(name, _MISSING), theirs.get(name, _MISSING)):
                     self.aborted = True
                     raise DivergenceError(
                         f"xcfg: the ranks called the pipeline with different arguments at pipeline call "
@@ -364,6 +364,11 @@ class Session:
 
 
 _MISSING = object()
+
+
+def _same_plain(a: Any, b: Any) -> bool:
+    """Equal plain values (a NaN equals a NaN: it is the same argument)."""
+    return a is b or a == b or (type(a) is type(b) and repr(a) == repr(b))
 
 
 def _show(value: Any) -> str:
