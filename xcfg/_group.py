@@ -333,6 +333,8 @@ class CFGGroup:
         if inside:
             numel, code = inside[0][3], inside[0][5]
             try:
+                if code < 0:
+                    raise TypeError("the collective's dtype has no code in xcfg's guard rows")
                 dtype = _DTYPES[code // 2]
                 zeros = torch.zeros(numel, dtype=dtype, device=self._data_device())
                 if code % 2 == _ALL_GATHER:
