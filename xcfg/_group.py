@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import pickle
-from collections.abc import Callable, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
 from torch.distributed import _functional_collectives as funcol
 
-from ._errors import RankFailedError, RankTimeoutError, SetupError
+from ._errors import RankError, RankFailedError, RankMismatchError, RankTimeoutError, SetupError
 
 __all__ = ["CFGGroup", "DEFAULT_TIMEOUT", "init_distributed"]
 
@@ -23,6 +26,17 @@ DEFAULT_TIMEOUT = datetime.timedelta(minutes=5)
 _all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 _traceable_all_gather = getattr(funcol, "all_gather_single", None) or funcol.all_gather_tensor
 _autograd_all_gather = getattr(funcol, "all_gather_single_autograd", None) or funcol.all_gather_tensor_autograd
+
+# A data collective's guard: a control-plane row in the format of the session's headers
+# ([tag, run, call, value, flags, aux], see xcfg._session), posted by every rank as it enters the collective.
+GUARD_TAG = 9
+_FAILED = 1
+_ALL_GATHER, _GATHER_TO_ROOT = 0, 1
+_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32, torch.uint8,
+           torch.bool, torch.int8, torch.int16, torch.complex64, torch.float8_e4m3fn, torch.float8_e5m2]
+
+_pool: dict[tuple[Any, ...], CFGGroup] = {}
+_pool_lock = threading.Lock()
 
 
 def init_distributed(backend: str | None = None, *, timeout: datetime.timedelta | None = None) -> torch.device:
@@ -94,6 +108,7 @@ class CFGGroup:
     ranks: tuple[int, ...]
     timeout: datetime.timedelta = DEFAULT_TIMEOUT
     _owned: list[Any] = field(default_factory=list, repr=False)
+    _health: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     # -- construction --------------------------------------------------------------------------------
 
@@ -116,8 +131,8 @@ class CFGGroup:
         Raises:
             SetupError: the world size is not a multiple of ``degree``.
         """
-        if degree < 1:
-            raise SetupError(f"degree must be at least 1, got {degree}")
+        if not isinstance(degree, int) or degree < 1:
+            raise SetupError(f"xcfg: degree must be a whole number of ranks, at least 1 (2 for CFG), not {degree!r}")
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
             return cls.single()
         world, rank = dist.get_world_size(), dist.get_rank()
@@ -144,23 +159,79 @@ class CFGGroup:
 
     @classmethod
     def _build(cls, ranks: tuple[int, ...], data: Any, timeout: datetime.timedelta) -> CFGGroup:
-        owned = []
-        if data is None:
-            data = dist.new_group(list(ranks), timeout=timeout, use_local_synchronization=True)
-            owned.append(data)
-        control = dist.new_group(list(ranks), backend="gloo", timeout=timeout, use_local_synchronization=True)
-        owned.append(control)
+        """The pooled group for these ranks, timeout and data group, made on first use.
+
+        Groups are pooled per default process group, ranks, timeout and (when given) the user's data group,
+        not destroyed at ``remove()``: creating and destroying gloo groups in quick succession leaks
+        descriptors, and a ``new_group`` right after a ``destroy_process_group`` of the same ranks can fail
+        to connect (its peers may still be tearing the old mesh down). A pooled group is reused by the next
+        ``parallelize`` on the same ranks, so any number of ``parallelize``/``remove`` cycles holds at most
+        one pair of groups per key. A group that became unusable (a timeout, a lost peer) leaves the pool.
+        """
+        key = (id(dist.distributed_c10d._get_default_group()), ranks, timeout, None if data is None else id(data))
+        with _pool_lock:
+            pooled = _pool.get(key)
+            alive = pooled is not None and pooled.control in dist.distributed_c10d._world.pg_map
+            if alive and pooled.broken is None and (data is None or pooled.group is data):
+                return pooled
         rank = ranks.index(dist.get_rank())
-        return cls(group=data, control=control, rank=rank, size=len(ranks), ranks=ranks, timeout=timeout, _owned=owned)
+        owned = []
+        try:
+            if data is None:
+                data = dist.new_group(list(ranks), timeout=timeout, use_local_synchronization=True)
+                owned.append(data)
+            control = dist.new_group(list(ranks), backend="gloo", timeout=timeout, use_local_synchronization=True)
+        except RuntimeError as err:
+            raise RankTimeoutError(
+                f"xcfg: rank {rank} (global rank {dist.get_rank()}) could not form the CFG group {list(ranks)} in "
+                f"parallelize(): a peer did not join ({err}). Every rank of the group must call parallelize() with "
+                "the same arguments (degree, group, true_cfg): a rank that was refused, or that computed another "
+                "group, never arrives. See the other ranks' logs for a refusal."
+            ) from err
+        owned.append(control)
+        made = cls(group=data, control=control, rank=rank, size=len(ranks), ranks=ranks, timeout=timeout, _owned=owned)
+        with _pool_lock:
+            _pool[key] = made
+        return made
 
     def destroy(self) -> None:
-        """Destroy the process groups this object created (never the user's)."""
+        """Destroy the process groups this object created (never the user's), and drop it from the pool."""
+        with _pool_lock:
+            for key, pooled in list(_pool.items()):
+                if pooled is self:
+                    del _pool[key]
         for pg in self._owned:
             try:
                 dist.destroy_process_group(pg)
             except Exception:  # the default group may be gone already
                 pass
         self._owned.clear()
+
+    # -- health --------------------------------------------------------------------------------------
+
+    @property
+    def broken(self) -> str | None:
+        """Why this group can no longer be used (a wait timed out, a peer was lost), or ``None``.
+
+        A gloo or NCCL collective that timed out on one rank is still pending on the others, so the ranks
+        are no longer in step on that group and no later collective can pair up correctly. xcfg does not
+        try to resynchronize it: every later use raises at once, saying so, and the next
+        :func:`xcfg.parallelize` on these ranks makes a fresh group.
+        """
+        return self._health.get("broken")
+
+    def describe_rank(self, rank: int) -> str:
+        """``"rank 1 (global rank 3)"``: a rank of this group with its global rank."""
+        return f"rank {rank} (global rank {self.ranks[rank]})"
+
+    def _check_usable(self, where: str) -> None:
+        reason = self.broken
+        if reason is not None:
+            raise RankFailedError(
+                f"xcfg: the CFG group {list(self.ranks)} cannot be used any more ({_during(where)}): {reason} A process group "
+                "whose collective timed out or lost a peer cannot be put back in step. Call .remove() on the handle "
+                "and xcfg.parallelize() again on every rank (a fresh group is made), or restart the processes."
+            )
 
     # -- data plane ----------------------------------------------------------------------------------
 
@@ -169,23 +240,129 @@ class CFGGroup:
 
         Uses traceable functional collectives under ``torch.compile`` and autograd-aware ones when the
         tensor requires a gradient.
+
+        Outside a compiled graph and autograd, the collective is guarded: every rank posts a small row on
+        the control plane as it enters, and checks every rank's row after it. A rank that fails before or
+        inside the collective (out of memory allocating the gathered buffer, ...) stands in for it with
+        zeros instead (``stand_in``), so every rank leaves the collective, sees the failure in the
+        guard and raises at this collective: the failing rank its own error, the others
+        :class:`xcfg.RankFailedError`.
         """
         tensor = tensor.contiguous()
-        if tensor.requires_grad and torch.is_grad_enabled():
-            return _autograd_all_gather(tensor, 0, self.group)
         if torch.compiler.is_compiling():
+            if tensor.requires_grad and torch.is_grad_enabled():
+                return _autograd_all_gather(tensor, 0, self.group)
             return _traceable_all_gather(tensor, 0, self.group)
+        where = self._health.get("at") or "the data all-gather of a split call"
+        self._check_usable(where)
+        if tensor.requires_grad and torch.is_grad_enabled():
+            result: list[torch.Tensor] = []
+
+            def gather() -> None:
+                out = _autograd_all_gather(tensor, 0, self.group)
+                trigger = getattr(out, "trigger_wait", None)
+                result.append(trigger() if trigger is not None else out)
+
+            self._guarded(tensor, _ALL_GATHER, gather, where)
+            return result[0]
         out = tensor.new_empty((tensor.shape[0] * self.size, *tensor.shape[1:]))
-        self._control_call(lambda: _all_gather_single(out, tensor, group=self.group), "the output all-gather")
+        self._guarded(tensor, _ALL_GATHER, lambda: _all_gather_single(out, tensor, group=self.group), where)
         return out
 
     def gather_to_root(self, tensor: torch.Tensor) -> list[torch.Tensor] | None:
         """Every rank's ``tensor`` (same shape everywhere) on rank 0 of the group, in group order; ``None``
-        on the other ranks."""
+        on the other ranks. Guarded like :meth:`all_gather`."""
         tensor = tensor.contiguous()
+        where = self._health.get("at") or "a gather to rank 0"
+        self._check_usable(where)
         chunks = [torch.empty_like(tensor) for _ in range(self.size)] if self.rank == 0 else None
-        self._control_call(lambda: dist.gather(tensor, chunks, group=self.group, group_dst=0), "a gather to rank 0")
+        self._guarded(tensor, _GATHER_TO_ROOT, lambda: dist.gather(tensor, chunks, group=self.group, group_dst=0), where)
         return chunks
+
+    @contextlib.contextmanager
+    def labelled(self, where: str) -> Iterator[None]:
+        """Name the data collectives run inside the block in error messages (``where`` they happen)."""
+        previous = self._health.get("at")
+        self._health["at"] = where
+        try:
+            yield
+        finally:
+            self._health["at"] = previous
+
+    def _guarded(self, tensor: torch.Tensor, kind: int, collective: Callable[[], Any], where: str) -> None:
+        self._health["device"] = tensor.device
+        code = _DTYPES.index(tensor.dtype) * 2 + kind if tensor.dtype in _DTYPES else -1
+        guard = self.post([GUARD_TAG, 0, 0, tensor.numel(), 0, code], where)
+        self._control_call(collective, where, data=True)
+        rows = guard()
+        failed = [r for r, row in enumerate(rows) if row[4] & _FAILED]
+        if failed:
+            messages = self.gather_objects(None, where)
+            first = failed[0]
+            raise RankFailedError(
+                f"xcfg: {self.describe_rank(first)} of the CFG group {list(self.ranks)} failed {_during(where)}: "
+                f"{messages[first]}. It stood in for the collective with zeros, so this rank ({self.describe_rank(self.rank)}) "
+                "left it and stopped at the same point; nothing is left waiting.",
+                rank=first,
+            )
+        if any(row != rows[0] for row in rows):
+            raise RankMismatchError(
+                f"xcfg: the ranks of the CFG group {list(self.ranks)} entered different data collectives {_during(where)} "
+                f"(each rank's size and dtype code: {[(row[3], row[5]) for row in rows]}).",
+                rank=next(r for r, row in enumerate(rows) if row != rows[0]),
+            )
+
+    def stand_in(self, error: BaseException, where: str) -> NoReturn:
+        """This rank failed before or inside a data collective: release the peers, then raise everywhere.
+
+        The peers may be inside the collective (waiting for this rank) or in a control-plane round. This
+        rank posts a failed guard row, which the peers meet either way: peers inside a guarded collective
+        posted their guard rows on entering, so this rank learns the collective's size and dtype from them
+        and enters it with zeros, which lets them out; then every rank exchanges error messages, this rank
+        raises ``error`` (with the others' failures as notes), the peers raise
+        :class:`xcfg.RankFailedError`. Peers in a control-plane round see the failed row there and raise.
+
+        When the stand-in itself fails (it allocates the gathered size again), the group is marked
+        unusable, the peers are left to the data group's timeout, and ``error`` is raised.
+        """
+        if self.broken is not None:
+            error.add_note(f"xcfg: the CFG group was already unusable: {self.broken}")
+            raise error
+        rows = self.post([GUARD_TAG, 0, 0, 0, _FAILED, -1], where)()
+        inside = [row for row in rows if row[0] == GUARD_TAG and not row[4] & _FAILED]
+        if inside:
+            numel, code = inside[0][3], inside[0][5]
+            try:
+                if code < 0:
+                    raise TypeError("the collective's dtype has no code in xcfg's guard rows")
+                dtype = _DTYPES[code // 2]
+                zeros = torch.zeros(numel, dtype=dtype, device=self._data_device())
+                if code % 2 == _ALL_GATHER:
+                    out = zeros.new_empty(numel * self.size)
+                    _all_gather_single(out, zeros, group=self.group)
+                else:
+                    chunks = [torch.empty_like(zeros) for _ in range(self.size)] if self.rank == 0 else None
+                    dist.gather(zeros, chunks, group=self.group, group_dst=0)
+            except BaseException as join_error:
+                self._health["broken"] = (
+                    f"{self.describe_rank(self.rank)} failed {_during(where)} and could not enter the collective with "
+                    f"placeholder data ({type(join_error).__name__}: {join_error}), so its peers were left inside it."
+                )
+                error.add_note(f"xcfg: {self._health['broken']}")
+                raise error
+        messages = self.gather_objects(_summary(error), where)
+        for r, row in enumerate(rows):
+            if r != self.rank and row[4] & _FAILED:
+                error.add_note(f"xcfg: {self.describe_rank(r)} of the CFG group failed too: {messages[r]}")
+        raise error
+
+    def _data_device(self) -> torch.device:
+        device = self._health.get("device")
+        if device is not None:
+            return device
+        if "nccl" in str(dist.get_backend(self.group)).lower() and torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
 
     # -- control plane -------------------------------------------------------------------------------
 
@@ -204,12 +381,14 @@ class CFGGroup:
         The gloo work proceeds in the background, so a rank can post its header before computing and
         collect the peers' headers afterwards, without a rendezvous in between.
         """
+        self._check_usable(where)
         mine = torch.tensor(list(header), dtype=torch.int64)
         out = torch.empty(self.size * mine.numel(), dtype=torch.int64)
+        started = time.monotonic()
         work = self._control_call(lambda: _all_gather_single(out, mine, group=self.control, async_op=True), where)
 
         def wait() -> list[list[int]]:
-            self._control_call(work.wait, where)
+            self._control_call(work.wait, where, started=started)
             return out.view(self.size, -1).tolist()
 
         return wait
@@ -217,6 +396,8 @@ class CFGGroup:
     def gather_objects(self, obj: Any, where: str) -> list[Any]:
         """All-gather a picklable object over the control plane (only after headers agreed)."""
         payload = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8)
+        if payload.numel() == 0:  # pragma: no cover - pickle never returns nothing
+            payload = torch.zeros(1, dtype=torch.uint8)
         sizes = self.exchange([payload.numel()], where)
         longest = max(s[0] for s in sizes)
         buf = torch.zeros(longest, dtype=torch.uint8)
@@ -226,22 +407,50 @@ class CFGGroup:
         rows = out.view(self.size, longest)
         return [pickle.loads(rows[r, : sizes[r][0]].numpy().tobytes()) for r in range(self.size)]
 
-    def _control_call(self, fn: Any, where: str) -> Any:
-        """Run a collective; turn a timeout or a lost peer into the matching :class:`xcfg.RankError`."""
+    def _control_call(self, fn: Any, where: str, *, started: float | None = None, data: bool = False) -> Any:
+        """Run a collective; turn a timeout or a lost peer into the matching :class:`xcfg.RankError`.
+
+        Either leaves the group unusable (see :attr:`broken`): every later use raises at once instead of
+        waiting again.
+        """
+        started = time.monotonic() if started is None else started
         try:
             return fn()
         except RuntimeError as err:
+            if isinstance(err, RankError):
+                raise
             text = str(err)
+            waited = time.monotonic() - started
+            me = f"{self.describe_rank(self.rank)} of the CFG group {list(self.ranks)}"
+            plane = "data" if data else "control"
             if "timed out" in text.lower() or "timeout" in text.lower():
+                self._health["broken"] = f"a wait on its {plane} plane timed out {_during(where)}."
                 raise RankTimeoutError(
-                    f"xcfg: rank {self.rank} of the CFG group {list(self.ranks)} waited {self.timeout} at {where} "
-                    "and a peer did not arrive. The peer is stuck, left the pipeline early, or failed without "
-                    "reaching xcfg; see its log. Raise the timeout with parallelize(..., timeout=...) if it is "
-                    "legitimately slower."
+                    f"xcfg: {me} waited {waited:.1f} s (the timeout is {self.timeout.total_seconds():g} s) "
+                    f"{_during(where)} and a peer did not arrive. The peer is stuck, left the pipeline early, or failed "
+                    "without reaching xcfg; see its log. Raise the timeout with parallelize(..., timeout=...) if it is "
+                    "legitimately slower. This group cannot be used again: remove() and parallelize() make a new one."
                 ) from err
+            self._health["broken"] = f"the connection to a peer broke {_during(where)}."
             raise RankFailedError(
-                f"xcfg: lost a peer of the CFG group {list(self.ranks)} at {where} (its process probably exited): {text}"
+                f"xcfg: {me} lost the connection to a peer {_during(where)} after {waited:.1f} s: the peer's process "
+                "exited, or the peer gave up waiting for this rank (its timeout passed first) and closed the connection; "
+                f"see its log ({text}). This group cannot be used again: remove() and parallelize() make a new one."
             ) from err
+
+
+def _during(where: str) -> str:
+    """``where`` as a phrase after a verb: "at denoiser call 3 ..." stays, "the VAE gather" gets "during"."""
+    if where.startswith(("at ", "in ", "during ", "while ", "starting ", "ending ", "finishing ", "verifying ")):
+        return where
+    return f"during {where}"
+
+
+def _summary(error: BaseException | None) -> str | None:
+    if error is None:
+        return None
+    text = f"{type(error).__name__}: {error}"
+    return text if len(text) <= 2000 else text[:2000] + " ..."
 
 
 def backend_for(group: Any, device: torch.device) -> str | None:
@@ -265,6 +474,12 @@ def check_world_size(world: int, degree: int) -> None:
     Raises:
         SetupError: with what to launch instead.
     """
+    if degree > world:
+        raise SetupError(
+            f"xcfg: the CFG degree {degree} is larger than the world size {world}: each CFG group needs {degree} "
+            f"ranks. Launch {degree} processes per group (torchrun --nproc-per-node {degree}), or pass a degree that "
+            f"divides {world} (degree=2 for CFG, degree=1 to run without CFG parallelism)."
+        )
     if world % degree:
         raise SetupError(
             f"xcfg: the world size {world} is not a multiple of the CFG degree {degree}: each CFG group needs "

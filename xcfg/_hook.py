@@ -16,7 +16,7 @@ from ._notices import warn_once
 from ._protocol import CallPlan, LayoutMemory, run_call
 from ._session import Session
 from ._spec import ModelSpec
-from ._styles import STYLES, Call, Style
+from ._styles import STYLES, Batched, Call, Style
 
 __all__ = ["HOOK_NAME", "Wrapped", "is_wrapped", "runs_whole", "wrap_denoiser"]
 
@@ -69,6 +69,8 @@ class XcfgHook(ModelHook):
         self.layouts = LayoutMemory()
         self.whole = False  # this pipeline call runs whole on every rank: see runs_whole
         self.checked_run: int | None = None
+        self.seen_contexts: set[tuple[str | None, str]] = set()  # (cache context, role) pairs seen this pipeline call
+        self.predicted_run: int | None = None  # the pipeline call whose first computed-ahead call was checked
         if session is not None:
             style.agree = session.agree
 
@@ -76,6 +78,15 @@ class XcfgHook(ModelHook):
     def predictions(self) -> int:
         """How many uncond calls were computed ahead on the other rank so far (two-call style)."""
         return self.style.stats.predictions
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError(
+            "xcfg: this module is parallelized: its xcfg hook holds process groups, which cannot be copied or "
+            "pickled. Call .remove() on the handle xcfg.parallelize() returned, copy or save the module, then "
+            "parallelize the one you run."
+        )
+
+    __deepcopy__ = __reduce_ex__
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         return module
@@ -85,6 +96,14 @@ class XcfgHook(ModelHook):
         return None if context is None else context.name
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if torch.compiler.is_compiling() and not isinstance(self.style, Batched):
+            # a two-call (or inferred) style decides in Python from the values of past calls: traced, every
+            # decision would be a guard and a recompile. Its calls leave the graph (one graph break) and run
+            # eagerly with the control plane; blocks compiled on their own (compile_repeated_blocks) stay compiled.
+            return _eager(self, module, *args, **kwargs)
+        return self._forward(module, *args, **kwargs)
+
+    def _forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         style = self.style
         session = None if torch.compiler.is_compiling() else self.session
         call = Call(
@@ -99,23 +118,46 @@ class XcfgHook(ModelHook):
             plan = style.plan(call)
             return style.finish(call, plan, plan.run_local())
         if not session.in_pipeline_call:
-            session.aborted = False  # outside a pipeline call every split call confirms: nothing is left over
+            session.aborted = False  # outside a pipeline call the abort state is per denoiser call
+            if session.pipelines:
+                warn_once(
+                    f"xcfg: {type(module).__name__} was called outside a call of the pipeline it was parallelized "
+                    "with (a second pipeline made with from_pipe, or a hand-written loop): its calls split, but the "
+                    "ranks' random state is not synchronized and no call start or end is agreed. For a second "
+                    "pipeline on the same modules, call xcfg.parallelize(pipe2) on every rank."
+                )
         run = session.run_index
         if style.run != run:
             style.start_run(run)
         try:
+            if self.checked_run != run:
+                self.seen_contexts = set()
             if self.checked_run != run or not session.in_pipeline_call:
                 self.checked_run = run
                 self.whole = _warn_whole(module)
             call.whole = self.whole
-            session.check_inputs(call.named)
+            # every call a rank computes for another is covered: the first call of this denoiser in each cache
+            # context ("cond", "uncond", ...) and role (a two-call step's first and second call), and the first
+            # uncond call computed ahead, besides call 0 and every check_every-th call
             plan: CallPlan = style.plan(call)
+            kind = (call.context, call.role)  # the role is known once the style planned the call
+            first_here = kind not in self.seen_contexts
+            self.seen_contexts.add(kind)
+            name = type(module).__name__
+            session.check_inputs(call.named, force=first_here and session.in_pipeline_call, what=name)
+            if call.predicted is not None and self.predicted_run != run:
+                self.predicted_run = run
+                session.check_inputs(call.predicted, force=True, what=f"the uncond call of {name} computed ahead")
         except BaseException as err:
-            if not session.aborted:
-                session.fail_call(None, err, None)
+            session.fail_call(None, err)
             raise
         result = run_call(session, self.group, self.layouts, plan)
         return style.finish(call, plan, result)
+
+
+@torch.compiler.disable
+def _eager(hook: XcfgHook, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+    return hook._forward(module, *args, **kwargs)
 
 
 def _warn_whole(module: torch.nn.Module) -> bool:

@@ -229,6 +229,9 @@ def parallelize(
     registry = registry or default_registry()
     check_vae_output(vae_output)
     found = _denoisers(pipe, registry, infer)
+    attached = _attach_shared(pipe, found)
+    if attached is not None:
+        return attached
     check_not_parallelized(pipe, found)
     specs = {name: spec_for(name, module, registry, true_cfg=true_cfg, infer=infer) for name, module in found.items()}
     check_pipeline(pipe, found, specs)
@@ -249,7 +252,9 @@ def parallelize(
     if cfg_group.size == 1:
         return _mark(pipe, handle)
     session = Session(cfg_group, check_every=check_every)
-    devices = session.handshake(_device_index(found), _fingerprint(specs))
+    handle._undo.append(lambda: setattr(session, "closed", True))
+    arguments = (cfg_group.size, true_cfg, check_every, split_vae, vae_output, timeout.total_seconds(), infer)
+    devices = session.handshake(_device_index(found), _fingerprint(specs, arguments))
     check_distinct_gpus(devices, cfg_group.ranks)
     bare = isinstance(pipe, torch.nn.Module)
     if split_vae and not bare:
@@ -402,6 +407,32 @@ def _device_index(found: dict[str, torch.nn.Module]) -> int:
     return next((d.index if d.index is not None else torch.cuda.current_device() for d in devices if d and d.type == "cuda"), -1)
 
 
-def _fingerprint(specs: dict[str, ModelSpec | None]) -> int:
+def _fingerprint(specs: dict[str, ModelSpec | None], arguments: tuple[Any, ...] = ()) -> int:
     text = ",".join(f"{name}={spec.path if spec else 'inferred'}" for name, spec in sorted(specs.items()))
-    return zlib.crc32(text.encode()) & 0x7FFFFFFF
+    return zlib.crc32(f"{text};{arguments!r}".encode()) & 0x7FFFFFFF
+
+
+def _attach_shared(pipe: Any, found: dict[str, torch.nn.Module]) -> Parallelized | None:
+    """A second pipeline on modules another ``parallelize`` wraps (``Pipeline.from_pipe(pipe)``): give it the
+    pipeline-call brackets of the session those modules split with, so its calls get the same start and end
+    agreement. ``None`` when that is not the case (the refusals then say what is)."""
+    from ._hook import HOOK_NAME
+
+    if isinstance(pipe, torch.nn.Module) or "_xcfg_handle" in getattr(pipe, "__dict__", {}):
+        return None
+    hooks = {}
+    for name, module in found.items():
+        registry = getattr(module, "_diffusers_hook", None)
+        hooks[name] = registry.get_hook(HOOK_NAME) if registry is not None else None
+    sessions = {id(h.session): h.session for h in hooks.values() if h is not None}
+    if len(sessions) != 1 or any(h is None for h in hooks.values()):
+        return None
+    session = next(iter(sessions.values()))
+    if session is None or session.closed:
+        return None
+    group = session.group
+    session.handshake(_device_index(found), _fingerprint({name: None for name in found}, ("shared",)))
+    wrapped = [Wrapped(found[name], hook.style.spec, group, hook) for name, hook in hooks.items()]
+    handle = Parallelized(pipe, group, {name: hook.style.spec for name, hook in hooks.items()}, wrapped)
+    handle._undo.append(install_pipeline_hooks(pipe, session))
+    return _mark(pipe, handle)

@@ -1,4 +1,4 @@
-"""One denoiser call under the control protocol: announce, compute, confirm, collect.
+"""One denoiser call under the control protocol: announce, compute, check, collect (guarded).
 
 A style's plan says what this rank computes (``compute``) and which data collective follows
 (``collect``); :func:`run_call` runs them between the session's header rounds so that a rank that fails
@@ -11,7 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ._gather import Layout, join_with_zeros
+from ._errors import RankError
+from ._gather import Layout
 from ._group import CFGGroup
 from ._session import Session
 
@@ -27,7 +28,7 @@ class CallPlan:
         collect: the call's data collective on ``compute``'s result, returning the result and the layout it
             gathered; ``None`` when the call runs whole on every rank.
         value: what every rank must agree on for this call (the batch, or -1).
-        key: what determines the call's output layout (for a rank that must join with zeros later).
+        key: what determines the call's output layout (the call's shape; kept for the styles and reports).
     """
 
     compute: Callable[[], Any]
@@ -57,28 +58,34 @@ class LayoutMemory:
 def run_call(session: Session, group: CFGGroup, memory: LayoutMemory, plan: CallPlan) -> Any:
     """Run one denoiser call's plan under the session's protocol.
 
-    The header is posted before ``compute`` and checked after it. The first call of a shape also
-    confirms every rank's forward before ``collect``; in a pipeline, later calls of that shape don't, and
-    a rank whose forward fails joins ``collect`` with zeros of the layout the first call recorded, then
-    reports the failure (met at the next exchange, at the latest the end of the pipeline call). Outside a
-    pipeline call (a hand-written loop), nothing after the last call would meet a late report, so every
-    split call confirms.
+    The header is posted before ``compute`` and checked after it, before ``collect``. A rank whose
+    ``compute`` fails, or whose ``collect`` fails before or inside its data collective, stands in for
+    what the others wait in (:meth:`Session.fail_call`, :meth:`Session.fail_collective`): every rank
+    raises at this call, the failing rank its own error. No call waits for the other ranks' forwards.
+    ``memory`` is no longer consulted: a failing rank learns the size of the collective it stands in for
+    from the others' guard rows, not from a layout recorded at an earlier call.
     """
-    layouts = memory.for_run(session.run_index)
+    memory.for_run(session.run_index)
     split = plan.collect is not None
-    layout = layouts.get(plan.key) if split and session.in_pipeline_call else None
-    confirm = split and layout is None
     pending = None
     try:
-        pending = session.post_call(plan.value, split, confirm)
+        pending = session.post_call(plan.value, split)
         output = plan.compute()
     except BaseException as err:
-        if not session.aborted:
-            session.fail_call(pending, err, None if layout is None else lambda: join_with_zeros(layout, group))
+        session.fail_call(pending, err)
+        raise  # not reached: fail_call raises
+    try:
+        session.finish_call(pending)
+    except RankError:
+        session.aborted = True
         raise
-    session.finish_call(pending, confirm=confirm)
     if plan.collect is None:
         return output
-    result, recorded = plan.collect(output)
-    layouts.setdefault(plan.key, recorded)
+    where = f"the data collective of denoiser call {session.call_index - 1} of pipeline call {session.run_index}"
+    try:
+        with group.labelled(where):
+            result, _layout = plan.collect(output)
+    except BaseException as err:
+        session.fail_collective(err, where)
+        raise  # not reached
     return result

@@ -123,7 +123,12 @@ class _Distributor:
                 session.after_work(len(items), err)
             raise
         session.after_work(len(items), None)
-        results = self._gather(local, owners)
+        try:
+            with group.labelled(f"gathering {len(items)} decoded VAE tiles"):
+                results = self._gather(local, owners)
+        except BaseException as err:  # out of memory for the gathered tiles, ...: every rank raises here
+            session.fail_collective(err, f"gathering {len(items)} decoded VAE tiles")
+            raise  # not reached
         self.owes_round = True
         return results
 
