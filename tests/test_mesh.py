@@ -241,8 +241,12 @@ def test_a_failing_rank_makes_every_rank_raise_on_4_ranks():
     assert results[3]["outcome"].startswith("Boom"), results[3]
     # its CFG peer hears of it at once through xcfg's control plane; its sequence peer, stuck in an attention
     # all-to-all, and that rank's CFG peer raise when xcfg's timeout (20 s here) runs out: every rank raises
+    # (the sequence peer's wait is inside diffusers' all-to-all, not xcfg's group: it raises the backend's own
+    # timeout error, which docs/layouts.md lists as a limit)
     for rank in (0, 1, 2):
-        assert results[rank]["outcome"].startswith(("RankFailedError", "RankTimeoutError")), (rank, results[rank])
+        outcome = results[rank]["outcome"]
+        backend_timeout = outcome.startswith("RuntimeError") and "Timed out" in outcome
+        assert outcome.startswith(("RankFailedError", "RankTimeoutError")) or backend_timeout, (rank, results[rank])
         assert results[rank]["seconds"] < 60, (rank, results[rank])
 
 

@@ -178,8 +178,8 @@ def test_wan_with_a_diffusers_cache_runs_whole_and_equals_one_process():
 
 
 MODULES = {
-    "wan": ["wan", "wan2.2", "wan-i2v", "wan-ti2v"],
-    "qwenimage": ["qwenimage"],
+    "wan": ["wan", "wan2.2", "wan-i2v", "wan-ti2v", "wan-vace", "wan-animate"],
+    "qwenimage": ["qwenimage", "qwenimage21"],
     "flux": ["flux", "flux-dev", "flux-ip-adapter"],
     "hunyuan_video": ["hunyuan-video"],
 }

@@ -13,14 +13,13 @@ import datetime
 import os
 import pickle
 import time
-import warnings
 
 import pytest
 import torch
 
 import xcfg
 from xcfg._group import CFGGroup
-from xcfg.testing import relative_error, run_ranks
+from xcfg.testing import capture_notices, relative_error, run_ranks
 
 import toys
 
@@ -154,11 +153,10 @@ def _from_pipe_rank(rank: int, world: int) -> dict:
     handle = xcfg.parallelize(pipe)
     pipe2 = diffusers.CogVideoXPipeline.from_pipe(pipe)
     out = {}
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with capture_notices() as caught:
         unbracketed = _result(pipe2, kwargs, output, generator=torch.Generator().manual_seed(0))
     out["unbracketed"] = relative_error(unbracketed, expected)
-    out["warned"] = [str(w.message) for w in caught if "outside a call of the pipeline" in str(w.message)]
+    out["warned"] = [text for text in caught if "outside a call of the pipeline" in text]
     try:
         handle2 = xcfg.parallelize(pipe2)
         out["attached"] = handle2.active
@@ -202,12 +200,11 @@ def _wan22_cache_rank(rank: int, world: int) -> dict:
     pipe.transformer_2.enable_cache(FirstBlockCacheConfig(threshold=1e9))
     expected = _result(pipe, kwargs, output, generator=torch.Generator().manual_seed(0))
     xcfg.parallelize(pipe)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with capture_notices() as caught:
         actual = _result(pipe, kwargs, output, generator=torch.Generator().manual_seed(0))
     return {
         "error": relative_error(actual, expected),
-        "warnings": [(str(w.message), w.filename) for w in caught if "cache" in str(w.message)],
+        "warnings": [(text, where) for text, where in zip(caught, caught.where) if "cache" in text],
     }
 
 
@@ -438,10 +435,9 @@ def _messages_rank(rank: int, world: int) -> dict:
     generator = torch.Generator().manual_seed(0) if rank == 0 else None
     out["generator"] = _outcome(lambda: _result(pipe, kwargs, output, generator=generator))
     out["guidance"] = _outcome(lambda: _result(pipe, dict(kwargs, guidance_scale=6.0 + rank), output))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with capture_notices() as caught:
         _result(pipe, dict(kwargs, guidance_scale=1.0), output)
-    out["warnings"] = [(str(w.message), w.filename) for w in caught if str(w.message).startswith("xcfg")]
+    out["warnings"] = [(text, where) for text, where in zip(caught, caught.where) if text.startswith("xcfg")]
     out["after"] = tuple(_result(pipe, kwargs, output, generator=torch.Generator().manual_seed(0)).shape)
     return out
 

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from diffusers.hooks import ModelHook
 
 from ._errors import SetupError
 
@@ -35,7 +34,9 @@ class ContextParallelSpec:
 
     Attributes:
         plan: a diffusers ``ContextParallelModelPlan``: module names mapped to the
-            ``ContextParallelInput`` splits and ``ContextParallelOutput`` gathers diffusers' hooks apply.
+            ``ContextParallelInput`` splits and ``ContextParallelOutput`` gathers diffusers' hooks apply; or a
+            function that returns it, called when the plan is first needed (so that a plugin module does not
+            import diffusers when it is loaded).
         processors: installs attention processors that go through diffusers' ``dispatch_attention_fn``
             with the parallel config on the module, and returns the function that puts the old ones back;
             ``None`` when the model's own processors already do.
@@ -53,9 +54,13 @@ class ContextParallelSpec:
         ['', 'proj_out']
     """
 
-    plan: dict[str, Any]
+    plan: dict[str, Any] | Callable[[], dict[str, Any]]
     processors: Callable[[torch.nn.Module], Callable[[], None]] | None = None
     refuse: Callable[[torch.nn.Module], str | None] | None = None
+
+    def model_plan(self) -> dict[str, Any]:
+        """The plan itself (calling ``plan`` when it is a function)."""
+        return self.plan() if callable(self.plan) else self.plan
 
 
 @dataclass(frozen=True)
@@ -432,16 +437,16 @@ def enable_context_parallel(module: torch.nn.Module, cp: ContextParallelSpec, la
               if hasattr(getattr(m, "processor", None), "_parallel_config")]
     had_own = "_parallel_config" in module.__dict__
     try:
-        module.enable_parallelism(config=layout.context_parallel_config(mesh), cp_plan=cp.plan)
+        module.enable_parallelism(config=layout.context_parallel_config(mesh), cp_plan=cp.model_plan())
         if layout.ulysses_anything or layout.ring_anything:
-            _padded_gathers(module, cp.plan, module._parallel_config.context_parallel_config)
+            _padded_gathers(module, cp.model_plan(), module._parallel_config.context_parallel_config)
     except BaseException:
         if restore_processors is not None:
             restore_processors()
         raise
 
     def undo() -> None:
-        remove_context_parallel(module, cp.plan)
+        remove_context_parallel(module, cp.model_plan())
         for processor, config in before:
             processor._parallel_config = config
         if not had_own:
@@ -472,24 +477,25 @@ def _padded_gathers(module: torch.nn.Module, plan: dict[str, Any], config: Any) 
             registry = HookRegistry.check_if_exists_or_initialize(target)
             name = _CONTEXT_PARALLEL_OUTPUT_HOOK_TEMPLATE.format(module_id)
             registry.remove_hook(name, recurse=False)
-            registry.register_hook(_PaddedGatherHook(outputs, config), name)
+            registry.register_hook(_padded_gather_hook(outputs, config), name)
 
 
-class _PaddedGatherHook(ModelHook):
-    """Gathers a module's outputs along their ``gather_dim`` with :func:`gather_uneven`."""
+def _padded_gather_hook(outputs: list[Any], config: Any) -> Any:
+    """A diffusers hook that gathers a module's outputs along their ``gather_dim`` with :func:`gather_uneven`
+    (made here so that importing xcfg's specs does not import diffusers)."""
+    from diffusers.hooks import ModelHook
 
-    def __init__(self, outputs: list[Any], config: Any) -> None:
-        super().__init__()
-        self.outputs, self.config = outputs, config
+    class PaddedGatherHook(ModelHook):
+        def post_forward(self, module: torch.nn.Module, output: Any) -> Any:
+            single = isinstance(output, torch.Tensor)
+            items = [output] if single else list(output)
+            group = config._flattened_mesh.get_group()
+            for i, spec in enumerate(outputs):
+                if spec is not None:
+                    items[i] = gather_uneven(items[i], spec.gather_dim, group)
+            return items[0] if single else type(output)(items)
 
-    def post_forward(self, module: torch.nn.Module, output: Any) -> Any:
-        single = isinstance(output, torch.Tensor)
-        items = [output] if single else list(output)
-        group = self.config._flattened_mesh.get_group()
-        for i, spec in enumerate(self.outputs):
-            if spec is not None:
-                items[i] = gather_uneven(items[i], spec.gather_dim, group)
-        return items[0] if single else type(output)(items)
+    return PaddedGatherHook()
 
 
 def gather_uneven(tensor: torch.Tensor, dim: int, group: Any) -> torch.Tensor:

@@ -135,7 +135,7 @@ logger = get_logger()
 """The ``"xcfg"`` logger, rank-filtered."""
 
 
-def warn_once(message: str, *args: object, logger: logging.Logger | None = None) -> bool:
+def warn_once(message: str, *args: object, logger: logging.Logger | None = None, stacklevel: int = 1) -> bool:
     """Log a warning through the rank-filtered logger, at most once per process for each message.
 
     The message is ``message % args`` as :mod:`logging` formats it; the same text (from the same logger)
@@ -152,7 +152,7 @@ def warn_once(message: str, *args: object, logger: logging.Logger | None = None)
     if not target.isEnabledFor(logging.WARNING):
         return False
     record_passes = _logging_all_ranks() or global_rank() == 0
-    target.warning("%s", text)
+    target.warning("%s", text, stacklevel=stacklevel + 1)
     return record_passes
 
 

@@ -9,5 +9,20 @@ __all__ = ["warn_once"]
 
 
 def warn_once(message: str) -> bool:
-    """Log ``message`` as a warning the first time this process sees it; returns whether it went out here."""
-    return _log_warn_once(message)
+    """Log ``message`` as a warning the first time this process sees it; returns whether it went out here.
+
+    The record's location is the user's line: the first frame outside xcfg, torch and diffusers."""
+    return _log_warn_once(message, stacklevel=_user_frame())
+
+
+def _user_frame() -> int:
+    """How many frames above :func:`xcfg._log.warn_once` the user's line is."""
+    import sys
+
+    frame, level = sys._getframe(2), 2
+    while frame is not None:
+        name = frame.f_globals.get("__name__", "")
+        if not name.startswith(("xcfg", "torch", "diffusers", "contextlib")):
+            return level
+        frame, level = frame.f_back, level + 1
+    return 2

@@ -199,6 +199,15 @@ class BatchCounter:
         self._handles.clear()
 
 
+class Notices(list):
+    """The notices :func:`capture_notices` collected (strings), with ``where``: each one's source file, the
+    user's line that led to it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.where: list[str] = []
+
+
 @contextlib.contextmanager
 def capture_notices() -> Any:
     """Collect the notices xcfg logs on this rank (every rank's, not only rank 0's) into a list of strings.
@@ -218,11 +227,12 @@ def capture_notices() -> Any:
 
     from . import _log
 
-    messages: list[str] = []
+    messages = Notices()
 
     class _Collect(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
             messages.append(record.getMessage())
+            messages.where.append(record.pathname)
 
     handler = _Collect(level=logging.WARNING)
     logger = _log.get_logger()

@@ -249,7 +249,7 @@ class CogVideoXParallelAttnProcessor:
 
 
 _SWAP = _common.ProcessorSwap("CogVideoXAttnProcessor2_0", CogVideoXParallelAttnProcessor)
-CONTEXT_PARALLEL = xcfg.ContextParallelSpec(plan=_cp_plan(), processors=_SWAP, refuse=_SWAP.refuse)
+CONTEXT_PARALLEL = xcfg.ContextParallelSpec(plan=_cp_plan, processors=_SWAP, refuse=_SWAP.refuse)
 SPECS = tuple(spec.model_copy(update={"context_parallel": CONTEXT_PARALLEL}) for spec in SPECS)
 
 # -- hooks -------------------------------------------------------------------------------------------

@@ -211,7 +211,7 @@ def _refuse(module: Any) -> str | None:
     return None
 
 
-CONTEXT_PARALLEL = xcfg.ContextParallelSpec(plan=_cp_plan(), processors=_install_processors, refuse=_refuse)
+CONTEXT_PARALLEL = xcfg.ContextParallelSpec(plan=_cp_plan, processors=_install_processors, refuse=_refuse)
 SPECS = tuple(spec.model_copy(update={"context_parallel": CONTEXT_PARALLEL}) for spec in SPECS)
 
 # -- hooks -------------------------------------------------------------------------------------------

@@ -240,7 +240,7 @@ class MochiParallelAttnProcessor:
 
 
 _SWAP = _common.ProcessorSwap("MochiAttnProcessor2_0", MochiParallelAttnProcessor)
-CONTEXT_PARALLEL = xcfg.ContextParallelSpec(plan=_cp_plan(), processors=_SWAP, refuse=_SWAP.refuse)
+CONTEXT_PARALLEL = xcfg.ContextParallelSpec(plan=_cp_plan, processors=_SWAP, refuse=_SWAP.refuse)
 SPECS = tuple(spec.model_copy(update={"context_parallel": CONTEXT_PARALLEL}) for spec in SPECS)
 
 # -- hooks -------------------------------------------------------------------------------------------

@@ -243,7 +243,7 @@ class SD3ParallelAttnProcessor:
 
 
 _SWAP = _common.ProcessorSwap("JointAttnProcessor2_0", SD3ParallelAttnProcessor)
-CONTEXT_PARALLEL = xcfg.ContextParallelSpec(plan=_cp_plan(), processors=_SWAP, refuse=_SWAP.refuse)
+CONTEXT_PARALLEL = xcfg.ContextParallelSpec(plan=_cp_plan, processors=_SWAP, refuse=_SWAP.refuse)
 SPECS = tuple(spec.model_copy(update={"context_parallel": CONTEXT_PARALLEL}) for spec in SPECS)
 
 # -- hooks -------------------------------------------------------------------------------------------

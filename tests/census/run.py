@@ -204,6 +204,8 @@ def main() -> None:
     parser.add_argument("names", nargs="*", help="cases to run (default: all)")
     parser.add_argument("--write", action="store_true", help=f"rewrite {RESULTS.relative_to(HERE.parents[1])}")
     args = parser.parse_args()
+    if str(HERE.parent) not in sys.path:
+        sys.path.insert(0, str(HERE.parent))
     results = summary(run(args.names or None))
     for name, entry in results.items():
         print(f"{'PASS' if entry['passed'] else 'FAIL'} {entry['status']:9} {name}: {entry['why'] or ''}")
