@@ -3,8 +3,6 @@
 - :func:`gather_output`: a split call's output, every tensor of this rank's share all-gathered into the
   whole batch (batched style).
 - :func:`exchange_pair`: two ranks' outputs of two different calls, each rank receiving both (two-call style).
-- :func:`join_with_zeros`: a rank whose forward failed enters the same collectives with zeros, so the
-  others are not left waiting (see :mod:`xcfg._protocol`).
 """
 
 from __future__ import annotations
@@ -17,7 +15,7 @@ from ._errors import ShapeError
 from ._group import CFGGroup
 from ._tree import tree_leaves, tree_map
 
-__all__ = ["Layout", "call_key", "exchange_pair", "gather_output", "join_with_zeros", "same", "same_call", "snapshot"]
+__all__ = ["Layout", "call_key", "exchange_pair", "gather_output", "same", "same_call", "snapshot"]
 
 Layout = list[tuple[torch.Size, torch.dtype, torch.device]]
 """What a call's data collectives gathered, in order: one (shape, dtype, device) per all-gather."""
@@ -94,12 +92,6 @@ def exchange_pair(output: Any, group: CFGGroup) -> tuple[tuple[Any, Any], Layout
         return tree_map(pick, output)
 
     return (rebuild(0), rebuild(1)), layout
-
-
-def join_with_zeros(layout: Layout, group: CFGGroup) -> None:
-    """Enter the data collectives of a call whose forward failed on this rank, with zeros of its layout."""
-    for shape, dtype, device in layout:
-        group.all_gather(torch.zeros(shape, dtype=dtype, device=device))
 
 
 def output_size(output: Any) -> int:

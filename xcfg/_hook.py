@@ -13,7 +13,7 @@ from diffusers.hooks.hooks import StateManager
 from ._errors import SetupError
 from ._group import CFGGroup
 from ._notices import warn_once
-from ._protocol import CallPlan, LayoutMemory, run_call
+from ._protocol import CallPlan, run_call
 from ._session import Session
 from ._spec import ModelSpec
 from ._styles import STYLES, Batched, Call, Style
@@ -66,7 +66,6 @@ class XcfgHook(ModelHook):
         self.group = group
         self.session = session
         self.contexts = StateManager(_NoState)
-        self.layouts = LayoutMemory()
         self.whole = False  # this pipeline call runs whole on every rank: see runs_whole
         self.checked_run: int | None = None
         self.seen_contexts: set[tuple[str | None, str]] = set()  # (cache context, role) pairs seen this pipeline call
@@ -144,14 +143,14 @@ class XcfgHook(ModelHook):
             first_here = kind not in self.seen_contexts
             self.seen_contexts.add(kind)
             name = type(module).__name__
-            session.check_inputs(call.named, force=first_here and session.in_pipeline_call, what=name)
+            session.compare_inputs(call.named, force=first_here and session.in_pipeline_call, what=name)
             if call.predicted is not None and self.predicted_run != run:
                 self.predicted_run = run
-                session.check_inputs(call.predicted, force=True, what=f"the uncond call of {name} computed ahead")
+                session.compare_inputs(call.predicted, force=True, what=f"the uncond call of {name} computed ahead")
         except BaseException as err:
             session.fail_call(None, err)
             raise
-        result = run_call(session, self.group, self.layouts, plan)
+        result = run_call(session, self.group, plan)
         return style.finish(call, plan, result)
 
 

@@ -16,7 +16,7 @@ from ._gather import Layout
 from ._group import CFGGroup
 from ._session import Session
 
-__all__ = ["CallPlan", "LayoutMemory", "run_call"]
+__all__ = ["CallPlan", "run_call"]
 
 
 @dataclass
@@ -42,30 +42,15 @@ class CallPlan:
         return self.collect(output)[0] if self.collect is not None else output
 
 
-class LayoutMemory:
-    """The output layout of each call shape seen in the current pipeline call (forgotten at the next)."""
-
-    def __init__(self) -> None:
-        self.run: int | None = None
-        self.known: dict[tuple[Any, ...], Layout] = {}
-
-    def for_run(self, run: int) -> dict[tuple[Any, ...], Layout]:
-        if run != self.run:
-            self.run, self.known = run, {}
-        return self.known
-
-
-def run_call(session: Session, group: CFGGroup, memory: LayoutMemory, plan: CallPlan) -> Any:
+def run_call(session: Session, group: CFGGroup, plan: CallPlan) -> Any:
     """Run one denoiser call's plan under the session's protocol.
 
     The header is posted before ``compute`` and checked after it, before ``collect``. A rank whose
     ``compute`` fails, or whose ``collect`` fails before or inside its data collective, stands in for
     what the others wait in (:meth:`Session.fail_call`, :meth:`Session.fail_collective`): every rank
     raises at this call, the failing rank its own error. No call waits for the other ranks' forwards.
-    ``memory`` is no longer consulted: a failing rank learns the size of the collective it stands in for
-    from the others' guard rows, not from a layout recorded at an earlier call.
+    A failing rank learns the size of the collective it stands in for from the others' guard rows.
     """
-    memory.for_run(session.run_index)
     split = plan.collect is not None
     pending = None
     try:

@@ -280,7 +280,7 @@ class Session:
         return self.call_index == 0 or (self.check_every > 0 and self.call_index % self.check_every == 0)
 
     @torch.compiler.disable
-    def check_inputs(self, inputs: dict[str, Any], *, force: bool = False, what: str = "the denoiser") -> None:
+    def compare_inputs(self, inputs: dict[str, Any], *, force: bool = False, what: str = "the denoiser") -> None:
         """Compare fingerprints of the denoiser's inputs across ranks when this call is due a check.
 
         Args:
