@@ -26,6 +26,14 @@ def embeddings(seed: int, device: torch.device, dtype: torch.dtype, **shapes: tu
     return {name: torch.randn(shape, generator=generator).to(device, dtype) for name, shape in shapes.items()}
 
 
+def call_kwargs(config: dict[str, Any], seed: int, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    """An example's call arguments: ``config["call"]`` with random prompt and negative prompt embeddings of
+    ``config["text"]``'s (length, width), seeded alike on every rank."""
+    length, width = config["text"]
+    shape = (1, length, width)
+    return {**config["call"], **embeddings(seed + 1, device, dtype, prompt_embeds=shape, negative_prompt_embeds=shape)}
+
+
 def build_on(device: torch.device, dtype: torch.dtype, make: Any, seed: int = 0) -> Any:
     """Call ``make()`` with ``device`` and ``dtype`` as defaults and a fixed seed, so every rank builds the
     same random weights, directly on the device (fast for full sizes), in eval mode as ``from_pretrained``

@@ -80,10 +80,7 @@ def build(*, size: str = "tiny", device: Any = None, dtype: Any = None, seed: in
 
     pipe = _common.build_on(device, dtype, make, seed)
     length, width = config["text"]
-    kwargs = dict(config["call"])
-    kwargs.update(
-        _common.embeddings(seed + 1, device, dtype, prompt_embeds=(1, length, width), negative_prompt_embeds=(1, length, width))
-    )
+    kwargs = _common.call_kwargs(config, seed, device, dtype)
     # the masks in the pipeline's own layout (the embeddings' dtype, 1 for a token, 0 for padding)
     mask = torch.ones(1, length, dtype=dtype, device=device)
     mask[:, length - 2 :] = 0

@@ -77,10 +77,7 @@ def build(*, size: str = "tiny", device: Any = None, dtype: Any = None, seed: in
 
     pipe = _common.build_on(device, dtype, make, seed)
     length, width = config["text"]
-    kwargs = dict(config["call"])
-    kwargs.update(
-        _common.embeddings(seed + 1, device, dtype, prompt_embeds=(1, length, width), negative_prompt_embeds=(1, length, width))
-    )
+    kwargs = _common.call_kwargs(config, seed, device, dtype)
     mask = torch.ones(1, length, dtype=torch.long, device=device)
     mask[:, length - 2 :] = 0
     kwargs.update(prompt_attention_mask=mask, negative_prompt_attention_mask=torch.ones_like(mask))

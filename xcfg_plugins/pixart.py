@@ -97,10 +97,7 @@ def build(
 
     pipe = _common.build_on(device, dtype, make, seed)
     length, width = config["text"]
-    kwargs = dict(config["call"])
-    kwargs.update(
-        _common.embeddings(seed + 1, device, dtype, prompt_embeds=(1, length, width), negative_prompt_embeds=(1, length, width))
-    )
+    kwargs = _common.call_kwargs(config, seed, device, dtype)
     mask = torch.ones(1, length, dtype=torch.long, device=device)
     mask[:, length - 2 :] = 0  # padded prompt tokens, so the mask matters
     # negative_prompt defaults to "", which the pipeline refuses next to negative_prompt_embeds
