@@ -93,7 +93,7 @@ class Inferred(Style):
         self.verdicts: dict[tuple[Any, ...], bool] = {}
         self.batched_failed: str | None = None
         self.verified_inputs: tuple[BatchInput, ...] | None = None
-        self._bindings: dict[tuple[BatchInput, ...], Binding] = {}
+        self._bindings: dict[tuple[Any, ...], tuple[tuple[BatchInput, ...], Binding]] = {}
         self._delegated = False
 
     # the two-call part shares this style's stats and agreement round
@@ -115,8 +115,10 @@ class Inferred(Style):
         verdict = self.verdicts.get(key)
         if verdict is False:
             return CallPlan(compute=call.run_whole, value=batch)
-        inputs = infer_batch_inputs(call.named, batch, per_sample)
-        binding = self._bindings.setdefault(inputs, Binding(inputs, self.model_class))
+        if key not in self._bindings:  # inferred once per call shape, not at every step
+            inputs = infer_batch_inputs(call.named, batch, per_sample)
+            self._bindings[key] = (inputs, Binding(inputs, self.model_class))
+        inputs, binding = self._bindings[key]
         args, kwargs = binding.split(call.args, call.kwargs, batch, group.rank, group.size)
         share = batch // group.size
         if verdict:
