@@ -229,7 +229,9 @@ class VAESpec(_ClassSpec):
         tiled_decode: ``tiled_decode(vae, z, pmap) -> Tensor | None``: the family's tiled decode of the
             latent ``z``, the same tiles in the same way as ``vae.tiled_decode(z).sample``, with the
             decoding of the tiles done through ``pmap`` (a :class:`xcfg.PMap`) and the blending after it.
-            It returns the decoded sample, or ``None`` where ``pmap`` returned ``None``.
+            It returns the decoded sample, or ``None`` where ``pmap`` returned ``None``. The VAE's own
+            ``tiled_decode`` arguments other than the latent and ``return_dict`` are passed on by name
+            (LTX's ``temb``, LTX-2's ``temb`` and ``causal``), their defaults filled in.
 
     Example:
         >>> import torch, xcfg

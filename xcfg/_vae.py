@@ -15,6 +15,7 @@ is larger than one tile. Removing it deletes the attribute, so the class's metho
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -181,11 +182,17 @@ class _Split:
         self.session = session
         self.root_only = output == "rank0"
         self.original = original
+        self.signature = inspect.signature(original)
 
-    def __call__(self, z: torch.Tensor, return_dict: bool = True) -> Any:
+    def __call__(self, z: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         if torch.compiler.is_compiling() or self._records_gradients(z):
-            return self.original(z, return_dict=return_dict)  # no collectives in a graph or under autograd
-        sample = self.decode(z)
+            return self.original(z, *args, **kwargs)  # no collectives in a graph or under autograd
+        bound = self.signature.bind(z, *args, **kwargs)
+        bound.apply_defaults()
+        inputs = dict(bound.arguments)
+        inputs.pop(next(iter(self.signature.parameters)))  # the latent
+        return_dict = inputs.pop("return_dict", True)
+        sample = self.decode(z, inputs)
         if not return_dict:
             return (sample,)
         from diffusers.models.autoencoders.vae import DecoderOutput
@@ -197,10 +204,10 @@ class _Split:
             return False
         return z.requires_grad or any(p.requires_grad for p in self.vae.parameters())
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
         pmap = _Distributor(self.group, self.session, self.root_only, z.device)
         try:
-            sample = self.spec.tiled_decode(self.vae, z, pmap)
+            sample = self.spec.tiled_decode(self.vae, z, pmap, **inputs)
         except BaseException as err:
             # rank 0 blends alone: the others wait for its result's shape, so tell them it failed
             if self.root_only and pmap.owes_round and not isinstance(err, RankError):
@@ -301,8 +308,8 @@ def install_vae_split(
     split = _Split(vae, spec, group, session or Session(group), output, original)
 
     @functools.wraps(original)
-    def tiled_decode(z: torch.Tensor, return_dict: bool = True) -> Any:
-        return split(z, return_dict=return_dict)
+    def tiled_decode(z: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        return split(z, *args, **kwargs)
 
     setattr(tiled_decode, _MARK, split)
     vae.__dict__[_ATTRIBUTE] = tiled_decode
