@@ -54,6 +54,32 @@ def build_on(device: torch.device, dtype: torch.dtype, make: Any, seed: int = 0)
     return built
 
 
+def decode_spatial_tiles(
+    vae: Any, z: torch.Tensor, pmap: Any, decode: Any, *, patch: int = 1
+) -> torch.Tensor | None:
+    """The spatial tiled decode the video VAEs of diffusers share (Wan, HunyuanVideo, LTX, LTX-2), with
+    the tiles decoded through ``pmap``: the latent (B, C, F, H, W) cut into overlapping tiles of
+    ``vae.tile_sample_min_*`` pixels, ``vae.tile_sample_stride_*`` pixels apart (both divided by the
+    spatial compression in latent space), each tile decoded whole by ``decode(tile)``, spread by area;
+    then blended, cropped to the sample size and returned (``None`` where ``pmap`` returned ``None``).
+    ``patch``: the pixels a VAE packs into its channels per side (Wan 2.2 TI2V: 2), which divides the
+    decoded tile sizes."""
+    height, width = z.shape[-2:]
+    ratio = vae.spatial_compression_ratio
+    tile = (vae.tile_sample_min_height // ratio, vae.tile_sample_min_width // ratio)
+    step = (vae.tile_sample_stride_height // ratio, vae.tile_sample_stride_width // ratio)
+    size = (vae.tile_sample_min_height // patch, vae.tile_sample_min_width // patch)
+    keep = (vae.tile_sample_stride_height // patch, vae.tile_sample_stride_width // patch)
+    sample = (height * ratio // patch, width * ratio // patch)
+    lefts = range(0, width, step[1])
+    tiles = [z[..., i : i + tile[0], j : j + tile[1]] for i in range(0, height, step[0]) for j in lefts]
+    decoded = pmap(decode, tiles, cost=[t.shape[-2] * t.shape[-1] for t in tiles])
+    if decoded is None:
+        return None
+    blend = (size[0] - keep[0], size[1] - keep[1])
+    return stitch_tiles(vae, decoded, len(lefts), blend, keep)[..., : sample[0], : sample[1]]
+
+
 def stitch_tiles(
     vae: Any, tiles: list[torch.Tensor], columns: int, blend: tuple[int, int], keep: tuple[int, int]
 ) -> torch.Tensor:

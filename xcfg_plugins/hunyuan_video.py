@@ -13,6 +13,9 @@ on the prompt inside ``cache_context("cond")``, then on the negative prompt insi
 ``pooled_projections`` differ. ``hidden_states``, ``timestep``, ``guidance`` and ``attention_kwargs`` are
 the same objects, so the uncond call is predicted exactly from the second step on and the two calls of a
 step run on the two ranks at once. Without true CFG a step makes one call, which every rank computes.
+
+``AutoencoderKLHunyuanVideo``'s tiled decode (``pipe.vae.enable_tiling()``) is split across the ranks: each
+rank decodes its share of the spatial tiles (the VAE section below).
 """
 
 from __future__ import annotations
@@ -114,6 +117,33 @@ EXAMPLES = (
         summary="HunyuanVideo (guidance-distilled) with true CFG: parallelize(pipe, true_cfg=True) (two-call CFG)",
         build=build,
         sizes=tuple(CONFIGS),
+    ),
+)
+
+# -- vae ---------------------------------------------------------------------------------------------
+
+
+def tiled_decode(vae: Any, z: Any, pmap: xcfg.PMap) -> Any:
+    """``AutoencoderKLHunyuanVideo.tiled_decode(z).sample`` with the spatial tiles decoded across the ranks.
+
+    Each tile of the latent (B, C, F, H, W) is decoded with all its frames by ``post_quant_conv`` and the
+    decoder, then blended and cropped as diffusers does (the grid is :func:`_common.decode_spatial_tiles`).
+    A long video's decode (``use_framewise_decoding``, on by default) cuts the frames into overlapping
+    chunks first and calls ``tiled_decode`` for each chunk, so each chunk is split; the temporal blending
+    stays with diffusers, on every rank. HunyuanVideo, its image-to-video and FramePack pipelines decode
+    with this VAE.
+    """
+
+    def decode(tile: Any) -> Any:
+        return vae.decoder(vae.post_quant_conv(tile))
+
+    return _common.decode_spatial_tiles(vae, z, pmap, decode)
+
+
+VAE_SPECS = (
+    xcfg.VAESpec(
+        model="diffusers.models.autoencoders.autoencoder_kl_hunyuan_video:AutoencoderKLHunyuanVideo",
+        tiled_decode=tiled_decode,
     ),
 )
 
@@ -219,7 +249,7 @@ SPECS = tuple(spec.model_copy(update={"context_parallel": CONTEXT_PARALLEL}) for
 
 @xcfg.hookimpl
 def register_models(register: Any) -> None:
-    for spec in SPECS:
+    for spec in (*SPECS, *VAE_SPECS):
         register(spec)
 
 

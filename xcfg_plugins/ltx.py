@@ -16,6 +16,9 @@ Batch-carrying forward arguments:
 ``num_frames``, ``height``, ``width`` and ``rope_interpolation_scale`` (plain numbers) and
 ``attention_kwargs`` are shared. The conditioning mask itself never reaches the transformer: it only
 shapes ``timestep``.
+
+``AutoencoderKLLTXVideo``'s tiled decode (``pipe.vae.enable_tiling()``) is split across the ranks: each rank
+decodes its share of the spatial tiles (the VAE section below).
 """
 
 from __future__ import annotations
@@ -123,12 +126,35 @@ EXAMPLES = (
     ),
 )
 
+# -- vae ---------------------------------------------------------------------------------------------
+
+
+def tiled_decode(vae: Any, z: Any, pmap: xcfg.PMap, temb: Any = None) -> Any:
+    """``AutoencoderKLLTXVideo.tiled_decode(z, temb).sample`` with the spatial tiles decoded across the ranks.
+
+    Each tile of the latent (B, C, F, H, W) is decoded with all its frames by the decoder, with the decode
+    timestep ``temb`` of the VAEs with ``timestep_conditioning`` (LTX-Video 0.9.1 and later; the pipeline
+    passes ``decode_timestep``), then blended and cropped as diffusers does (the grid is
+    :func:`_common.decode_spatial_tiles`). With ``use_framewise_decoding`` diffusers cuts the frames into
+    chunks first and calls ``tiled_decode`` for each, so each chunk is split; the temporal blending stays
+    with diffusers, on every rank.
+    """
+    return _common.decode_spatial_tiles(vae, z, pmap, lambda tile: vae.decoder(tile, temb))
+
+
+VAE_SPECS = (
+    xcfg.VAESpec(
+        model="diffusers.models.autoencoders.autoencoder_kl_ltx:AutoencoderKLLTXVideo",
+        tiled_decode=tiled_decode,
+    ),
+)
+
 # -- hooks -------------------------------------------------------------------------------------------
 
 
 @xcfg.hookimpl
 def register_models(register: Any) -> None:
-    for spec in SPECS:
+    for spec in (*SPECS, *VAE_SPECS):
         register(spec)
 
 

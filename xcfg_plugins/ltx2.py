@@ -14,6 +14,9 @@ After the CFG call, the default recipe makes up to two more calls per step at ba
 inputs: spatio-temporal guidance (STG: ``spatio_temporal_guidance_blocks`` set) and modality isolation
 (``isolate_modalities=True``). With one prompt their batch does not divide by two, so every rank runs
 them whole: the result stays equal to one process, and 4 passes per step become 3 on two GPUs.
+
+``AutoencoderKLLTX2Video``'s tiled decode (``pipe.vae.enable_tiling()``) is split across the ranks: each rank
+decodes its share of the spatial tiles (the VAE section below).
 """
 
 from __future__ import annotations
@@ -163,12 +166,35 @@ EXAMPLES = (
                  build=build, sizes=tuple(CONFIGS)),
 )
 
+# -- vae ---------------------------------------------------------------------------------------------
+
+
+def tiled_decode(vae: Any, z: Any, pmap: xcfg.PMap, temb: Any = None, causal: Any = None) -> Any:
+    """``AutoencoderKLLTX2Video.tiled_decode(z, temb, causal).sample`` with the spatial tiles decoded across
+    the ranks.
+
+    Each tile of the latent (B, C, F, H, W) is decoded with all its frames by the decoder, with the decode
+    timestep ``temb`` and the ``causal`` flag the VAE's ``decode`` received, then blended and cropped as
+    diffusers does (the grid is :func:`_common.decode_spatial_tiles`). With ``use_framewise_decoding``
+    diffusers cuts the frames into chunks first and calls ``tiled_decode`` for each, so each chunk is
+    split. The audio VAE and the vocoder run whole on every rank (one small decode).
+    """
+    return _common.decode_spatial_tiles(vae, z, pmap, lambda tile: vae.decoder(tile, temb, causal=causal))
+
+
+VAE_SPECS = (
+    xcfg.VAESpec(
+        model="diffusers.models.autoencoders.autoencoder_kl_ltx2:AutoencoderKLLTX2Video",
+        tiled_decode=tiled_decode,
+    ),
+)
+
 # -- hooks -------------------------------------------------------------------------------------------
 
 
 @xcfg.hookimpl
 def register_models(register: Any) -> None:
-    for spec in SPECS:
+    for spec in (*SPECS, *VAE_SPECS):
         register(spec)
 
 

@@ -347,19 +347,6 @@ def tiled_decode(vae: Any, z: torch.Tensor, pmap: xcfg.PMap) -> torch.Tensor | N
     """
     from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
 
-    height, width = z.shape[-2:]
-    ratio, patch = vae.spatial_compression_ratio, vae.config.patch_size
-    tile = (vae.tile_sample_min_height // ratio, vae.tile_sample_min_width // ratio)
-    step = (vae.tile_sample_stride_height // ratio, vae.tile_sample_stride_width // ratio)
-    sample = (height * ratio, width * ratio)
-    keep = (vae.tile_sample_stride_height, vae.tile_sample_stride_width)
-    size = (vae.tile_sample_min_height, vae.tile_sample_min_width)
-    if patch is not None:
-        sample, keep, size = (tuple(v // patch for v in pair) for pair in (sample, keep, size))
-    blend = (size[0] - keep[0], size[1] - keep[1])
-    tops, lefts = range(0, height, step[0]), range(0, width, step[1])
-    tiles = [z[..., i : i + tile[0], j : j + tile[1]] for i in tops for j in lefts]
-
     def decode(latent: torch.Tensor) -> torch.Tensor:
         cache: list[Any] = [None] * vae._cached_conv_counts["decoder"]
         frames = []
@@ -368,10 +355,10 @@ def tiled_decode(vae: Any, z: torch.Tensor, pmap: xcfg.PMap) -> torch.Tensor | N
             frames.append(vae.decoder(part, feat_cache=cache, feat_idx=[0], first_chunk=k == 0))
         return torch.cat(frames, dim=2)
 
-    decoded = pmap(decode, tiles, cost=[t.shape[-2] * t.shape[-1] for t in tiles])
-    if decoded is None:
+    patch = vae.config.patch_size
+    out = _common.decode_spatial_tiles(vae, z, pmap, decode, patch=patch or 1)
+    if out is None:
         return None
-    out = _common.stitch_tiles(vae, decoded, len(lefts), blend, keep)[..., : sample[0], : sample[1]]
     if patch is not None:
         out = unpatchify(out, patch_size=patch)
     return torch.clamp(out, min=-1.0, max=1.0)
