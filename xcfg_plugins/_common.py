@@ -48,9 +48,13 @@ def build_on(device: torch.device, dtype: torch.dtype, make: Any, seed: int = 0)
                 built = make()
         finally:
             torch.set_default_dtype(previous)
-    for component in getattr(built, "components", {}).values():
+    for name, component in getattr(built, "components", {}).items():
         if isinstance(component, torch.nn.Module):
             component.eval()
+        elif hasattr(component, "set_timesteps") and hasattr(component, "from_config"):
+            # a scheduler built under the device context holds its tables there (an SDXL Euler scheduler on
+            # CUDA then fails in set_timesteps' numpy); from_pretrained builds them on the CPU: do the same
+            setattr(built, name, type(component).from_config(component.config))
     return built
 
 

@@ -40,14 +40,15 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "text": (6, 16),
         "description": "AuraFlow, tiny (1 MMDiT + 1 DiT layer), 16x16",
     },
-    # fal/AuraFlow-v0.3: transformer/config.json as diffusers' class defaults give it (6.8B parameters: 4 MMDiT and
-    # 32 single DiT layers of 12 heads of 256), the SDXL VAE (scaling factor 0.13025) and UMT5 prompt embeddings
-    # (256, 2048); 1024x1024, 50 steps at guidance 3.5.
+    # fal/AuraFlow-v0.3: the transformer as diffusers' class defaults give it (6.8B parameters: 4 MMDiT and 32
+    # single DiT layers of 12 heads of 256) but for pos_embed_max_size: the default 1024 (32x32 patches) fits 512x512
+    # only, and a 1024x1024 latent indexes past it (a device-side assert on CUDA); 4096 fits 64x64 patches. The SDXL
+    # VAE (scaling factor 0.13025) and UMT5 prompt embeddings (256, 2048); 1024x1024, 50 steps at guidance 3.5.
     "full": {
         "transformer": dict(
             sample_size=64, patch_size=2, in_channels=4, num_mmdit_layers=4, num_single_dit_layers=32,
             attention_head_dim=256, num_attention_heads=12, joint_attention_dim=2048, caption_projection_dim=3072,
-            out_channels=4, pos_embed_max_size=1024,
+            out_channels=4, pos_embed_max_size=4096,
         ),
         "vae": dict(
             in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
