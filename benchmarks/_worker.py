@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import inspect
 import json
 import platform
 import statistics
@@ -99,16 +100,16 @@ class _Bench:
             event.record()
             return event
 
-        def on_step_end(_pipe: Any, _step: int, _t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        def on_step(latents: torch.Tensor) -> None:
             marks.append(mark())
-            final["latents"] = tensors["latents"]  # a new tensor every step: no copy needed
-            return {}
+            final["latents"] = latents  # a new tensor every step: no copy needed
 
         call = dict(kwargs, num_inference_steps=steps, output_type="pt" if decode else "latent")
+        call.update(step_callback(pipe, on_step))
         self.sync()
         start = time.perf_counter()
         first = mark()
-        result = pipe(**call, generator=torch.Generator().manual_seed(self.args.seed), callback_on_step_end=on_step_end)
+        result = pipe(**call, generator=torch.Generator().manual_seed(self.args.seed))
         self.sync()
         end = time.perf_counter()
         if self.cuda:
@@ -285,6 +286,27 @@ class _Bench:
         gc.collect()
         if self.cuda:
             torch.cuda.empty_cache()
+
+
+def step_callback(pipe: Any, on_step: Any) -> dict[str, Any]:
+    """The call arguments that make ``pipe`` call ``on_step(latents)`` at the end of every denoising step:
+    ``callback_on_step_end`` where the pipeline takes it, else the older ``callback`` with
+    ``callback_steps=1`` (Stable Audio).
+
+    Raises:
+        ValueError: the pipeline takes neither.
+    """
+    parameters = inspect.signature(type(pipe).__call__).parameters
+    if "callback_on_step_end" in parameters:
+
+        def on_step_end(_pipe: Any, _step: int, _t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            on_step(tensors["latents"])
+            return {}
+
+        return {"callback_on_step_end": on_step_end}
+    if "callback" in parameters:
+        return {"callback": lambda _step, _t, latents: on_step(latents), "callback_steps": 1}
+    raise ValueError(f"{type(pipe).__name__} calls back at no step (no callback_on_step_end, no callback): it cannot be timed per step")
 
 
 def _layout_degrees(name: str) -> dict[str, int]:

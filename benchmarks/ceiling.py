@@ -14,7 +14,6 @@ prints a table: the median step time with CFG on and off, and their ratio.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import statistics
 import sys
@@ -46,13 +45,10 @@ def time_steps(pipe: Any, kwargs: dict[str, Any], steps: int) -> list[float]:
         event.record()
         events.append(event)
 
-    def on_step_end(_pipe: Any, _step: int, _t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-        mark()
-        return tensors
+    from _worker import step_callback
 
     call = dict(kwargs, num_inference_steps=steps, output_type="latent")
-    if "callback_on_step_end" in inspect.signature(type(pipe).__call__).parameters:
-        call["callback_on_step_end"] = on_step_end
+    call.update(step_callback(pipe, lambda _latents: mark()))
     mark()
     pipe(**call, generator=torch.Generator("cuda").manual_seed(0))
     torch.cuda.synchronize()
