@@ -58,6 +58,17 @@ def build_on(device: torch.device, dtype: torch.dtype, make: Any, seed: int = 0)
     return built
 
 
+def randomize_zero_weights(module: torch.nn.Module, seed: int = 0) -> None:
+    """Give small random values to the parameters a constructor leaves at zero (adaLN-zero modulations, final
+    projections), so that a tiny example's output depends on every input and a wrong split shows."""
+    generator = torch.Generator().manual_seed(seed + 5)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            if not parameter.any():
+                noise = torch.randn(parameter.shape, generator=generator) * 0.05
+                parameter.copy_(noise.to(parameter.device, parameter.dtype))
+
+
 def decode_spatial_tiles(
     vae: Any, z: torch.Tensor, pmap: Any, decode: Any, *, patch: int = 1
 ) -> torch.Tensor | None:
