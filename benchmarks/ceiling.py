@@ -5,10 +5,11 @@ can give that model. One process, one GPU, no process group::
 
     python benchmarks/ceiling.py sdxl sd15 --out my-results       # full-size examples, random bf16 weights
 
-Per example: build the ``"full"`` config on the GPU in bf16 (random weights; weights a constructor leaves at
-zero get random values), run a warm-up call, then time ``--steps`` steps with CFG on and with CFG off, each step
-between CUDA events recorded in ``callback_on_step_end`` (no synchronize per step). Writes ``ceiling.json`` and
-prints a table: the median step time with CFG on and off, and their ratio.
+Per example, in a process of its own (a CUDA device-side assert in one model would poison the others): build the
+``"full"`` config on the GPU in bf16 (random weights; weights a constructor leaves at zero get random values), run
+a warm-up call, then time ``--steps`` steps with CFG on and with CFG off, each step between CUDA events recorded at
+each step's end (no synchronize per step). ``--timeout`` bounds each example. Writes ``ceiling.json`` and prints a
+table: the median step time with CFG on and off, and their ratio.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -76,11 +78,31 @@ def measure(name: str, steps: int) -> dict[str, Any]:
     return result
 
 
+ROW = "ceiling-row: "
+
+
+def _isolated(name: str, steps: int, timeout: float) -> dict[str, Any]:
+    """``measure(name)`` in a fresh process: its row, or the error, the exit status or the timeout."""
+    command = [sys.executable, __file__, name, "--one", "--steps", str(steps)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        row = {"example": name, "error": f"timed out after {timeout:.0f} s"}
+    else:
+        found = [line[len(ROW):] for line in done.stdout.splitlines() if line.startswith(ROW)]
+        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        row = json.loads(found[-1]) if found else {"example": name, "error": f"exit {done.returncode}: {' / '.join(tail)}"[:500]}
+    print(json.dumps({k: v for k, v in row.items() if k not in ("cfg_on", "cfg_off")}), flush=True)
+    return row
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("examples", nargs="+", help="example names with a 'full' size")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds for each example (default 300)")
+    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # the per-example process
     args = parser.parse_args()
     if not torch.cuda.is_available():
         parser.error("needs a CUDA GPU")
@@ -88,13 +110,14 @@ def main() -> int:
 
     ensure_examples(args.examples)
     card = torch.cuda.get_device_name(0)
-    rows = []
-    for name in args.examples:
+    if args.one:
         try:
-            rows.append(measure(name, args.steps))
-        except Exception as err:  # one model failing does not lose the others' numbers
-            rows.append({"example": name, "error": f"{type(err).__name__}: {err}"[:500]})
-        print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("cfg_on", "cfg_off")}), flush=True)
+            row = measure(args.examples[0], args.steps)
+        except Exception as err:
+            row = {"example": args.examples[0], "error": f"{type(err).__name__}: {err}"[:500]}
+        print(ROW + json.dumps(row), flush=True)
+        return 0
+    rows = [_isolated(name, args.steps, args.timeout) for name in args.examples]
     import diffusers
 
     meta = {"card": card, "torch": torch.__version__, "diffusers": diffusers.__version__, "steps": args.steps}
