@@ -1,4 +1,6 @@
-"""Process groups: the torchrun helper and the CFG group that every other part receives explicitly."""
+"""Process groups: the torchrun helper, the CFG group that every other part receives explicitly, and the
+sequence group of context parallelism. Every collective of xcfg goes through an object of this module;
+nothing else calls ``torch.distributed`` but to build the mesh and to make and destroy groups."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from torch.distributed import _functional_collectives as funcol
 
 from ._errors import RankError, RankFailedError, RankMismatchError, RankTimeoutError, SetupError
 
-__all__ = ["CFGGroup", "DEFAULT_TIMEOUT", "init_distributed"]
+__all__ = ["CFGGroup", "DEFAULT_TIMEOUT", "SequenceGroup", "init_distributed"]
 
 DEFAULT_TIMEOUT = datetime.timedelta(minutes=5)
 
@@ -437,6 +439,121 @@ class CFGGroup:
                 "exited, or the peer gave up waiting for this rank (its timeout passed first) and closed the connection; "
                 f"see its log ({text}). This group cannot be used again: remove() and parallelize() make a new one."
             ) from err
+
+
+@dataclass(frozen=True, eq=False)
+class SequenceGroup:
+    """The ranks that share one sequence under context parallelism: the mesh's flattened ring x ulysses dim.
+
+    diffusers runs its own attention collectives on this group, inside its hooks. What xcfg itself does
+    on it goes through this object: the share of a tensor that is this rank's (:meth:`share`, which the
+    plugins reach through :func:`xcfg.sequence_share`) and the padded gather of uneven outputs
+    (:meth:`all_gather_uneven`). It has no control plane: a peer that fails inside diffusers' attention
+    is seen as the group's timeout (see the layouts guide, "Faults").
+
+    Attributes:
+        group: the process group; ``None`` when ``size == 1``.
+        rank: this process's rank within the group (its place along the sequence).
+        size: the number of ranks that share the sequence (ring degree x ulysses degree).
+
+    Example:
+        >>> import torch
+        >>> from xcfg._group import SequenceGroup
+        >>> SequenceGroup.single().share(torch.arange(5), 0).tolist()   # one rank holds the whole sequence
+        [0, 1, 2, 3, 4]
+    """
+
+    group: Any
+    rank: int
+    size: int
+
+    @classmethod
+    def single(cls) -> SequenceGroup:
+        """A sequence held whole by one rank."""
+        return cls(group=None, rank=0, size=1)
+
+    @classmethod
+    def from_group(cls, group: Any) -> SequenceGroup:
+        """The sequence group of a ``torch.distributed`` process group this rank belongs to."""
+        size = dist.get_world_size(group)
+        return cls(group=group, rank=dist.get_rank(group), size=size) if size > 1 else cls.single()
+
+    @classmethod
+    def of(cls, config: Any) -> SequenceGroup:
+        """The sequence group of a diffusers ``ParallelConfig`` (what a model or an attention processor holds
+        as ``_parallel_config``) or ``ContextParallelConfig`` once ``enable_parallelism`` set it up;
+        :meth:`single` for ``None`` or a config without context parallelism."""
+        context = getattr(config, "context_parallel_config", config)
+        mesh = getattr(context, "_flattened_mesh", None) if context is not None else None
+        return cls.single() if mesh is None else cls.from_group(mesh.get_group())
+
+    def share(self, tensor: torch.Tensor, dim: int) -> torch.Tensor:
+        """This rank's part of ``tensor`` along ``dim``: ``tensor.tensor_split(size, dim)[rank]`` (uneven
+        lengths give the larger parts to the lower ranks, as diffusers' "anything" modes split them)."""
+        return tensor if self.size == 1 else tensor.tensor_split(self.size, dim=dim)[self.rank]
+
+    def all_gather_uneven(self, tensor: torch.Tensor, dim: int, *, where: str = "a context-parallel gather") -> torch.Tensor:
+        """Concatenate every rank's ``tensor`` along ``dim`` in rank order, where the lengths along ``dim`` may
+        differ: one all-gather of the lengths, one of the parts padded to the longest, trimmed after (gloo
+        refuses an all-gather of different sizes, which diffusers' own gather of uneven parts uses).
+
+        Raises:
+            RankTimeoutError: a peer did not arrive within the group's timeout; the message names ``where``.
+            RankFailedError: the connection to a peer broke.
+        """
+        if self.size == 1:
+            return tensor
+        dim = dim % tensor.dim()
+        lengths = torch.empty(self.size, dtype=torch.int64, device=tensor.device)
+        mine = torch.tensor([tensor.shape[dim]], dtype=torch.int64, device=tensor.device)
+        self._call(lambda: _all_gather_single(lengths, mine, group=self.group), where)
+        sizes = lengths.tolist()
+        longest = max(sizes)
+        moved = tensor.movedim(dim, 0)
+        if moved.shape[0] < longest:
+            moved = torch.cat([moved, moved.new_zeros((longest - moved.shape[0], *moved.shape[1:]))])
+        out = moved.new_empty((self.size * longest, *moved.shape[1:]))
+        self._call(lambda: _all_gather_single(out, moved.contiguous(), group=self.group), where)
+        return torch.cat([out[r * longest : r * longest + n] for r, n in enumerate(sizes)]).movedim(0, dim)
+
+    def _call(self, fn: Callable[[], Any], where: str) -> Any:
+        """Run a collective; turn a timeout or a lost peer into the matching :class:`xcfg.RankError`, naming
+        ``where`` and the group's global ranks."""
+        started = time.monotonic()
+        try:
+            return fn()
+        except RuntimeError as err:
+            if isinstance(err, RankError):
+                raise
+            ranks = list(dist.get_process_group_ranks(self.group))
+            me = f"rank {self.rank} (global rank {ranks[self.rank]}) of the sequence group {ranks}"
+            waited = time.monotonic() - started
+            if "timed out" in str(err).lower() or "timeout" in str(err).lower():
+                raise RankTimeoutError(
+                    f"xcfg: {me} waited {waited:.1f} s {_during(where)} and a peer did not arrive: the peer is stuck or "
+                    "failed (inside the model, where diffusers' attention has no way to tell its peers); see its log."
+                ) from err
+            raise RankFailedError(
+                f"xcfg: {me} lost the connection to a peer {_during(where)} after {waited:.1f} s: the peer's process "
+                f"exited or gave up waiting; see its log ({err})."
+            ) from err
+
+
+def is_initialized() -> bool:
+    """Whether the default process group exists. No collective."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def world_size(group: Any = None) -> int:
+    """The ranks of ``group`` (``None``: the default group); 1 without an initialized process group. No collective."""
+    if group is None and not is_initialized():
+        return 1
+    return dist.get_world_size(group)
+
+
+def backend_name(group: Any = None) -> str:
+    """The backend of ``group`` (``None``: the default group) as torch names it: ``"nccl"``, ``"cpu:gloo,cuda:nccl"``."""
+    return str(dist.get_backend(group))
 
 
 def _during(where: str) -> str:

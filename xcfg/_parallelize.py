@@ -16,10 +16,9 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from ._errors import UnsupportedModelError
-from ._group import DEFAULT_TIMEOUT, CFGGroup
+from ._group import DEFAULT_TIMEOUT, CFGGroup, is_initialized, world_size
 from ._hook import Wrapped, install
 from ._infer import Inferred, spec_source
 from ._layout import Layout, build_mesh, check_context_parallel, destroy_groups, enable_context_parallel
@@ -325,12 +324,12 @@ def _plan(group: Any, degree: int, ring: int, ulysses: int, config: Any, mesh: A
         )
     if mesh is not None:
         return layout_from_mesh(mesh, uneven=uneven)
-    if not (dist.is_available() and dist.is_initialized()):
+    if not is_initialized():
         raise SetupError(
             "xcfg: context parallelism (ring_degree / ulysses_degree) needs a process group: launch with torchrun "
             "and call xcfg.init_distributed() before parallelize()"
         )
-    world = dist.get_world_size()
+    world = world_size()
     if config is not None:
         return layout_from_config(world, degree, config)
     return plan_layout(world, cfg=degree, ring=ring, ulysses=ulysses, uneven=uneven)
