@@ -42,7 +42,9 @@ class ContextParallelSpec:
             with the parallel config on the module, and returns the function that puts the old ones back;
             ``None`` when the model's own processors already do.
         refuse: ``refuse(module)`` says why this instance cannot be made context-parallel (a processor
-            the plan was not written for), or ``None``; asked before any collective.
+            the plan was not written for, a model diffusers' own plan does not split correctly), or
+            ``None``; asked on every rank before any collective, for any ring or Ulysses degree. The
+            reason is a clause; xcfg adds what to launch instead.
 
     Example:
         >>> from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
