@@ -20,7 +20,7 @@ from torch.distributed import _functional_collectives as funcol
 
 from ._errors import RankError, RankFailedError, RankMismatchError, RankTimeoutError, SetupError
 
-__all__ = ["CFGGroup", "DEFAULT_TIMEOUT", "SequenceGroup", "init_distributed"]
+__all__ = ["CFGGroup", "DEFAULT_TIMEOUT", "SequenceGroup", "init_distributed", "mesh_group"]
 
 DEFAULT_TIMEOUT = datetime.timedelta(minutes=5)
 
@@ -95,6 +95,8 @@ class CFGGroup:
         size: the number of ranks in the group (the CFG degree).
         ranks: the global ranks of the group, in group order.
         timeout: how long a rank waits for its peers before raising :class:`xcfg.RankTimeoutError`.
+        label: what the group is called in error messages: ``"CFG group"``, or ``"mesh group"`` for the
+            group over every rank of a layout that splits the VAE decode.
 
     Example:
         >>> import xcfg
@@ -109,6 +111,7 @@ class CFGGroup:
     size: int
     ranks: tuple[int, ...]
     timeout: datetime.timedelta = DEFAULT_TIMEOUT
+    label: str = "CFG group"
     _owned: list[Any] = field(default_factory=list, repr=False)
     _health: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -160,7 +163,9 @@ class CFGGroup:
         return cls._build(ranks, group, timeout)
 
     @classmethod
-    def _build(cls, ranks: tuple[int, ...], data: Any, timeout: datetime.timedelta) -> CFGGroup:
+    def _build(
+        cls, ranks: tuple[int, ...], data: Any, timeout: datetime.timedelta, label: str = "CFG group"
+    ) -> CFGGroup:
         """The pooled group for these ranks, timeout and data group, made on first use.
 
         Groups are pooled per default process group, ranks, timeout and (when given) the user's data group,
@@ -170,7 +175,7 @@ class CFGGroup:
         ``parallelize`` on the same ranks, so any number of ``parallelize``/``remove`` cycles holds at most
         one pair of groups per key. A group that became unusable (a timeout, a lost peer) leaves the pool.
         """
-        key = (id(dist.distributed_c10d._get_default_group()), ranks, timeout, None if data is None else id(data))
+        key = (id(dist.distributed_c10d._get_default_group()), ranks, timeout, None if data is None else id(data), label)
         with _pool_lock:
             pooled = _pool.get(key)
             alive = pooled is not None and pooled.control in dist.distributed_c10d._world.pg_map
@@ -185,13 +190,14 @@ class CFGGroup:
             control = dist.new_group(list(ranks), backend="gloo", timeout=timeout, use_local_synchronization=True)
         except RuntimeError as err:
             raise RankTimeoutError(
-                f"xcfg: rank {rank} (global rank {dist.get_rank()}) could not form the CFG group {list(ranks)} in "
+                f"xcfg: rank {rank} (global rank {dist.get_rank()}) could not form the {label} {list(ranks)} in "
                 f"parallelize(): a peer did not join ({err}). Every rank of the group must call parallelize() with "
                 "the same arguments (degree, group, true_cfg): a rank that was refused, or that computed another "
                 "group, never arrives. See the other ranks' logs for a refusal."
             ) from err
         owned.append(control)
-        made = cls(group=data, control=control, rank=rank, size=len(ranks), ranks=ranks, timeout=timeout, _owned=owned)
+        made = cls(group=data, control=control, rank=rank, size=len(ranks), ranks=ranks, timeout=timeout, label=label,
+                   _owned=owned)
         with _pool_lock:
             _pool[key] = made
         return made
@@ -230,7 +236,7 @@ class CFGGroup:
         reason = self.broken
         if reason is not None:
             raise RankFailedError(
-                f"xcfg: the CFG group {list(self.ranks)} cannot be used any more ({_during(where)}): {reason} A process group "
+                f"xcfg: the {self.label} {list(self.ranks)} cannot be used any more ({_during(where)}): {reason} A process group "
                 "whose collective timed out or lost a peer cannot be put back in step. Call .remove() on the handle "
                 "and xcfg.parallelize() again on every rank (a fresh group is made), or restart the processes."
             )
@@ -302,14 +308,14 @@ class CFGGroup:
             messages = self.gather_objects(None, where)
             first = failed[0]
             raise RankFailedError(
-                f"xcfg: {self.describe_rank(first)} of the CFG group {list(self.ranks)} failed {_during(where)}: "
+                f"xcfg: {self.describe_rank(first)} of the {self.label} {list(self.ranks)} failed {_during(where)}: "
                 f"{messages[first]}. It stood in for the collective with zeros, so this rank ({self.describe_rank(self.rank)}) "
                 "left it and stopped at the same point; nothing is left waiting.",
                 rank=first,
             )
         if any(row != rows[0] for row in rows):
             raise RankMismatchError(
-                f"xcfg: the ranks of the CFG group {list(self.ranks)} entered different data collectives {_during(where)} "
+                f"xcfg: the ranks of the {self.label} {list(self.ranks)} entered different data collectives {_during(where)} "
                 f"(each rank's size and dtype code: {[(row[3], row[5]) for row in rows]}).",
                 rank=next(r for r, row in enumerate(rows) if row != rows[0]),
             )
@@ -328,7 +334,7 @@ class CFGGroup:
         unusable, the peers are left to the data group's timeout, and ``error`` is raised.
         """
         if self.broken is not None:
-            error.add_note(f"xcfg: the CFG group was already unusable: {self.broken}")
+            error.add_note(f"xcfg: the {self.label} was already unusable: {self.broken}")
             raise error
         rows = self.post([GUARD_TAG, 0, 0, 0, _FAILED, -1], where)()
         inside = [row for row in rows if row[0] == GUARD_TAG and not row[4] & _FAILED]
@@ -355,7 +361,7 @@ class CFGGroup:
         messages = self.gather_objects(_summary(error), where)
         for r, row in enumerate(rows):
             if r != self.rank and row[4] & _FAILED:
-                error.add_note(f"xcfg: {self.describe_rank(r)} of the CFG group failed too: {messages[r]}")
+                error.add_note(f"xcfg: {self.describe_rank(r)} of the {self.label} failed too: {messages[r]}")
         raise error
 
     def _data_device(self) -> torch.device:
@@ -423,7 +429,7 @@ class CFGGroup:
                 raise
             text = str(err)
             waited = time.monotonic() - started
-            me = f"{self.describe_rank(self.rank)} of the CFG group {list(self.ranks)}"
+            me = f"{self.describe_rank(self.rank)} of the {self.label} {list(self.ranks)}"
             plane = "data" if data else "control"
             if "timed out" in text.lower() or "timeout" in text.lower():
                 self._health["broken"] = f"a wait on its {plane} plane timed out {_during(where)}."
@@ -439,6 +445,17 @@ class CFGGroup:
                 "exited, or the peer gave up waiting for this rank (its timeout passed first) and closed the connection; "
                 f"see its log ({text}). This group cannot be used again: remove() and parallelize() make a new one."
             ) from err
+
+
+def mesh_group(ranks: Sequence[int], *, timeout: datetime.timedelta = DEFAULT_TIMEOUT) -> CFGGroup:
+    """A group over every rank of a layout (labelled ``"mesh group"``), for the work all of them share after the
+    denoising loop: the split VAE decode. Its own data and control groups, made with ``new_group`` by these
+    ranks only; :meth:`CFGGroup.destroy` destroys them.
+
+    Raises:
+        RankTimeoutError: a rank of ``ranks`` did not join.
+    """
+    return CFGGroup._build(tuple(ranks), None, timeout, label="mesh group")
 
 
 @dataclass(frozen=True, eq=False)

@@ -405,6 +405,29 @@ def build_mesh(layout: Layout, device_type: str, timeout: datetime.timedelta) ->
     return mesh, groups
 
 
+def layout_ranks(mesh: Any) -> tuple[int, ...]:
+    """The global ranks of this rank's layout in ``mesh``: every rank with this rank's coordinates on the dims
+    xcfg does not read (a user's replica or FSDP dims), in the mesh's order; for a mesh of only ``"cfg"``,
+    ``"ring"`` and ``"ulysses"``, all its ranks. These ranks run one pipeline call together and hold the same
+    latent after the loop. No collective.
+
+    Example:
+        >>> import torch
+        >>> from xcfg._layout import layout_ranks
+        >>> class FakeMesh:   # a DeviceMesh's names, ranks and this rank's coordinates, without processes
+        ...     mesh_dim_names = ("replica", "cfg", "ring", "ulysses")
+        ...     mesh = torch.arange(8).view(2, 2, 1, 2)
+        ...     def get_coordinate(self): return [1, 0, 0, 1]   # global rank 5
+        >>> layout_ranks(FakeMesh())
+        (4, 5, 6, 7)
+    """
+    index = tuple(
+        slice(None) if name in DIM_NAMES else coordinate
+        for name, coordinate in zip(mesh.mesh_dim_names, mesh.get_coordinate())
+    )
+    return tuple(int(r) for r in mesh.mesh[index].flatten().tolist())
+
+
 def _options(device_type: str, timeout: datetime.timedelta) -> Any:
     import torch.distributed as dist
 
