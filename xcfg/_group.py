@@ -509,7 +509,9 @@ class SequenceGroup:
         lengths give the larger parts to the lower ranks, as diffusers' "anything" modes split them)."""
         return tensor if self.size == 1 else tensor.tensor_split(self.size, dim=dim)[self.rank]
 
-    def all_gather_uneven(self, tensor: torch.Tensor, dim: int, *, where: str = "a context-parallel gather") -> torch.Tensor:
+    def all_gather_uneven(
+        self, tensor: torch.Tensor, dim: int, *, where: str = "a context-parallel gather"
+    ) -> torch.Tensor:
         """Concatenate every rank's ``tensor`` along ``dim`` in rank order, where the lengths along ``dim`` may
         differ: one all-gather of the lengths, one of the parts padded to the longest, trimmed after (gloo
         refuses an all-gather of different sizes, which diffusers' own gather of uneven parts uses).

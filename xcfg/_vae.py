@@ -254,14 +254,14 @@ def install_vae_split(
     """Split the tiled decode of ``pipe.vae`` across the ranks of ``group``.
 
     :func:`xcfg.parallelize` calls it with the CFG group, or, with a layout, with a group over every rank
-    of the layout (the mesh group, with its own session); call it directly for a hand-written loop. It sets the VAE's instance attribute ``tiled_decode``, which the VAE's own
-    ``decode`` calls only when tiling is enabled (``vae.enable_tiling()``) and the latent is larger
-    than one tile; that call then decodes this rank's share of the tiles, gathers all of them and
-    blends. A decode without tiling, or of a latent smaller than one tile, runs whole on every rank as
-    before, as does a decode under ``torch.compile`` or one that records gradients (grad mode on while
-    the latent or the VAE's parameters require grad; pipelines decode under ``torch.no_grad``). The
-    result equals the 1-process tiled decode up to rounding. ``inspect.signature(vae.tiled_decode)`` is
-    unchanged.
+    of the layout (the mesh group, with its own session); call it directly for a hand-written loop. It
+    sets the VAE's instance attribute ``tiled_decode``, which the VAE's own ``decode`` calls only when
+    tiling is enabled (``vae.enable_tiling()``) and the latent is larger than one tile; that call then
+    decodes this rank's share of the tiles, gathers all of them and blends. A decode without tiling, or
+    of a latent smaller than one tile, runs whole on every rank as before, as does a decode under
+    ``torch.compile`` or one that records gradients (grad mode on while the latent or the VAE's
+    parameters require grad; pipelines decode under ``torch.no_grad``). The result equals the 1-process
+    tiled decode up to rounding. ``inspect.signature(vae.tiled_decode)`` is unchanged.
 
     Args:
         pipe: a pipeline with a ``vae`` attribute, or the VAE itself.
