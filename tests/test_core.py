@@ -167,3 +167,21 @@ def test_the_core_never_names_a_model():
             n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)
         }
         assert not [n for n in names if n.startswith(models)], (path.name, names)
+
+
+def test_plugins_never_touch_torch_distributed():
+    # plugins never touch process groups: what they need of context parallelism (their share of a sequence)
+    # comes from the core (xcfg.sequence_share), whose group objects hold every collective
+    import re
+
+    import xcfg_plugins
+
+    package = pathlib.Path(xcfg_plugins.__file__).parent
+    pattern = re.compile(r"torch\.distributed|from torch import .*\bdistributed\b|\bdist\.")
+    hits = [
+        f"{path.name}:{number}: {line.strip()}"
+        for path in sorted(package.glob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if pattern.search(line)
+    ]
+    assert not hits, hits

@@ -82,12 +82,33 @@ def _denoiser(pipe: Any) -> torch.nn.Module:
     return pipe.transformer
 
 
+class DecoderCalls:
+    """Counts the calls of a VAE's decoder (the Wan VAE decodes a tile one latent frame per call)."""
+
+    def __init__(self, vae: Any) -> None:
+        self.count = 0
+        if vae is not None:
+            vae.decoder.register_forward_pre_hook(self._seen)
+
+    def _seen(self, *_: Any) -> None:
+        self.count += 1
+
+    def take(self) -> int:
+        count, self.count = self.count, 0
+        return count
+
+
 def _layout_rank(
     rank: int, world: int, example: str, layout: dict[str, Any], call: dict[str, Any], config: dict[str, Any]
 ) -> dict[str, Any]:
     torch.manual_seed(0)
+    layout = dict(layout)
+    tiling = layout.pop("vae_tiling", None)
     with cpu_accelerator_shim():
         run = xcfg.build_example(example, size="tiny")
+        if tiling:
+            run.pipe.vae.enable_tiling(*tiling)
+        decoder = DecoderCalls(run.pipe.vae if tiling else None)
         if config:  # a transformer of another config (the tiny examples have 2 heads; Ulysses 4 needs 4)
             old = run.pipe.transformer
             config = dict(config)
@@ -109,7 +130,7 @@ def _layout_rank(
         model = _denoiser(run.pipe)
         with TokenCounter(model) as single:
             expected = getattr(run.pipe(**kwargs, generator=torch.Generator().manual_seed(7)), run.output)
-        layout = dict(layout)
+        decoded = {"single": decoder.take()}
         if layout.pop("own_mesh", False):  # the user's own mesh: used as it is, never destroyed by xcfg
             from torch.distributed.device_mesh import init_device_mesh
 
@@ -119,6 +140,7 @@ def _layout_rank(
         groups_during = _process_groups()
         with TokenCounter(model) as parallel:
             actual = getattr(run.pipe(**kwargs, generator=torch.Generator().manual_seed(7)), run.output)
+        decoded["parallel"] = decoder.take()
         hooks = sorted(model._diffusers_hook.hooks) if hasattr(model, "_diffusers_hook") else []
         shape = handle.layout.shape if handle.layout else None
         groups = len(handle.mesh.mesh_dim_names) if handle.mesh is not None else 0
@@ -127,6 +149,7 @@ def _layout_rank(
         groups_after = _process_groups()
         with TokenCounter(model) as after:
             again = getattr(run.pipe(**kwargs, generator=torch.Generator().manual_seed(7)), run.output)
+        decoded["after"] = decoder.take()
         left = sorted(model._diffusers_hook.hooks) if hasattr(model, "_diffusers_hook") else []
         return {
             "error": relative_error(actual, expected),
@@ -136,6 +159,7 @@ def _layout_rank(
             "hooks": hooks, "hooks_after_remove": left, "shape": shape, "dims": groups,
             "predictions": predictions, "groups": (groups_before, groups_during, groups_after),
             "parallel_config_after_remove": getattr(model, "_parallel_config", None) is not None,
+            "decoder_calls": decoded,
         }
 
 
@@ -171,6 +195,25 @@ def _check_shares(
             assert [b for b, _ in result["parallel"]] == [b // cfg for b, _ in single], result
 
 
+WAN_TILING = (16, 16, 8, 8)  # the tiny Wan latent (3 frames, 4x4) in tiles of 2x2, one apart: 16 tiles
+
+
+def _check_vae_split(results: list[dict[str, Any]], ranks: int) -> None:
+    """The tiled decode of the tiny Wan pipeline was split across all ``ranks`` of the layout, not only the CFG
+    pair: each rank decoded the tiles ``assign`` gives it among ``ranks`` (3 decoder calls per tile, one per latent
+    frame), and the decoded frames equal one process (checked with the rest of the output)."""
+    from xcfg._vae import assign
+
+    areas = [min(2, 4 - i) * min(2, 4 - j) for i in range(4) for j in range(4)]  # as the Wan plugin costs them
+    owners = assign(areas, ranks)
+    assert results[0]["decoder_calls"]["single"] == 16 * 3, results[0]["decoder_calls"]
+    for rank, result in enumerate(results):
+        calls = result["decoder_calls"]
+        assert calls["parallel"] == owners.count(rank) * 3, (rank, calls, owners)
+        assert calls["after"] == calls["single"] == 16 * 3, (rank, calls)  # remove(): every rank decodes whole again
+    assert sum(r["decoder_calls"]["parallel"] for r in results) == 16 * 3, "no tile decoded twice"
+
+
 def _share(tokens: int, parts: int, index: int) -> int:
     return tokens // parts + (1 if index < tokens % parts else 0)
 
@@ -188,18 +231,22 @@ def _run(
     return results
 
 
-def test_wan_cfg2_ulysses2_equals_one_process_and_splits_calls_and_tokens():
-    results = _run("wan", {"degree": 2, "ulysses_degree": 2})
+def test_wan_cfg2_ulysses2_equals_one_process_and_splits_calls_tokens_and_vae_tiles():
+    # with the VAE tiled: the decode is split over all 4 ranks of the mesh (not twice over each CFG pair)
+    results = _run("wan", {"degree": 2, "ulysses_degree": 2, "vae_tiling": WAN_TILING})
     assert results[0]["shape"] == (2, 1, 2)
     assert all(r["groups"][1] > r["groups"][0] for r in results)  # xcfg made groups, and destroyed them
     assert {"xcfg", "cp_input---"} <= set(results[0]["hooks"]), results[0]["hooks"]
     _check_shares(results, cfg=2, context=2, two_call=True)
     assert all(t == 12 for _, t in results[0]["single"])  # 3 latent frames x 2 x 2 patches
+    _check_vae_split(results, 4)
 
 
-def test_ulysses4_without_cfg_equals_one_process():
-    results = _run("wan", {"degree": 1, "ulysses_degree": 4}, {"num_inference_steps": 1}, {"num_attention_heads": 4})
+def test_ulysses4_without_cfg_equals_one_process_and_splits_the_vae_over_the_4_ranks():
+    results = _run("wan", {"degree": 1, "ulysses_degree": 4, "vae_tiling": WAN_TILING}, {"num_inference_steps": 1},
+                   {"num_attention_heads": 4})
     _check_shares(results, cfg=1, context=4, two_call=False)
+    _check_vae_split(results, 4)
 
 
 class Boom(RuntimeError):
@@ -306,41 +353,122 @@ def test_cogvideox_cfg2_ulysses4_on_8_ranks():
 
 def _refusal_rank(rank: int, world: int) -> dict[str, str]:
     with cpu_accelerator_shim():
-        run = xcfg.build_example("wan", size="tiny")
+        runs = {name: xcfg.build_example(name, size="tiny") for name in ("wan", "ltx")}
         before = _process_groups()
         out = {}
-        for label, layout in {
-            "ring_on_native": {"degree": 2, "ring_degree": 2},      # native attention has no log-sum-exp
-            "product": {"degree": 2, "ulysses_degree": 4},           # 8 ranks asked, 4 launched
-            "heads": {"degree": 1, "ulysses_degree": 4},             # 2 heads over 4 ranks
+        for label, (name, layout) in {
+            "ring_on_native": ("wan", {"degree": 2, "ring_degree": 2}),  # native attention has no log-sum-exp
+            "product": ("wan", {"degree": 2, "ulysses_degree": 4}),       # 8 ranks asked, 4 launched
+            "heads": ("wan", {"degree": 1, "ulysses_degree": 4}),         # 2 heads over 4 ranks
+            # diffusers' LTX attention: Ulysses fails inside it, ring masks a padded prompt wrongly
+            "ltx_ulysses": ("ltx", {"degree": 2, "ulysses_degree": 2, "uneven": "even"}),
+            "ltx_ring": ("ltx", {"degree": 2, "ring_degree": 2}),
         }.items():
             try:
-                xcfg.parallelize(run.pipe, **layout)
+                xcfg.parallelize(runs[name].pipe, **layout)
                 out[label] = "accepted"
             except xcfg.SetupError as err:
                 out[label] = str(err)
         out["groups_unchanged"] = str(_process_groups() == before)
-        out["untouched"] = str(not getattr(run.pipe.transformer, "_diffusers_hook", None)
-                               or not run.pipe.transformer._diffusers_hook.hooks)
+        out["untouched"] = str(all(not getattr(run.pipe.transformer, "_diffusers_hook", None)
+                                   or not run.pipe.transformer._diffusers_hook.hooks for run in runs.values()))
         return out
 
 
-def test_refusals_come_before_any_collective_on_every_rank():
+def _vae_fault_rank(rank: int, world: int, failing: int) -> dict[str, Any]:
+    """A rank fails decoding its VAE tiles under cfg 2 x ulysses 2: every rank of the mesh must raise at once
+    (the decode's failure, agreed over the mesh group, also closes each CFG pair's pipeline call), and the next
+    call must work."""
+    import datetime
+    import time
+
+    torch.manual_seed(0)
+    with cpu_accelerator_shim():
+        run = xcfg.build_example("wan", size="tiny")
+        run.pipe.vae.enable_tiling(*WAN_TILING)
+        kwargs = {**run.kwargs, "num_inference_steps": 1, "output_type": "pt"}
+        expected = run.pipe(**kwargs, generator=torch.Generator().manual_seed(7)).frames
+        handle = xcfg.parallelize(run.pipe, degree=2, ulysses_degree=2, timeout=datetime.timedelta(seconds=30))
+        armed = {"on": rank == failing}
+
+        def fail(*_: Any) -> None:
+            if armed["on"]:
+                armed["on"] = False
+                raise Boom(f"rank {rank} failed decoding on purpose")
+
+        hook = run.pipe.vae.decoder.register_forward_pre_hook(fail)
+        start = time.monotonic()
+        try:
+            run.pipe(**kwargs, generator=torch.Generator().manual_seed(7))
+            outcome = "finished"
+        except BaseException as err:
+            outcome = f"{type(err).__name__}: {str(err)[:300]}"
+        seconds = time.monotonic() - start
+        again = run.pipe(**kwargs, generator=torch.Generator().manual_seed(7)).frames
+        hook.remove()
+        handle.remove()
+        return {"outcome": outcome, "seconds": seconds, "again": relative_error(again, expected)}
+
+
+def _four_rank_checks(rank: int, world: int) -> dict[str, Any]:
+    import traceback
+
+    out: dict[str, Any] = {}
+    for name, fn, args in (("refusals", _refusal_rank, ()), ("vae_fault", _vae_fault_rank, (3,))):
+        try:
+            out[name] = fn(rank, world, *args)
+        except Exception:
+            out[name] = {"traceback": traceback.format_exc()}
+    return out
+
+
+@pytest.fixture(scope="module")
+def four_ranks() -> list[dict[str, Any]]:
+    """One 4-rank launch for the checks that need no launch of their own (a launch costs 20-40 s on 2 cores)."""
+    return run_ranks(_four_rank_checks, world_size=4, timeout=240)
+
+
+def _part(four_ranks: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    ranks = [r[name] for r in four_ranks]
+    problems = [f"--- rank {i} ---\n{r['traceback']}" for i, r in enumerate(ranks) if "traceback" in r]
+    if problems:
+        pytest.fail(f"{name} raised:\n" + "\n".join(problems))
+    return ranks
+
+
+def test_refusals_come_before_any_collective_on_every_rank(four_ranks):
     # a rank that raised before a collective its peers entered would leave them waiting: every rank refuses,
     # and no process group was created
-    for result in run_ranks(_refusal_rank, world_size=4, timeout=120):
+    for result in _part(four_ranks, "refusals"):
         assert "log-sum-exp" in result["ring_on_native"] and "ulysses_degree=2" in result["ring_on_native"]
         assert "torchrun --nproc-per-node 8" in result["product"]
         assert "2 attention heads" in result["heads"]
+        for label in ("ltx_ulysses", "ltx_ring"):
+            text = result[label]
+            assert "LTXVideoTransformer3DModel" in text and "LTX-Video" in text and "Ulysses" in text, text
+            assert "ring attention" in text and "parallelize(pipe, degree=2)" in text, text
         assert result["groups_unchanged"] == "True" and result["untouched"] == "True", result
 
 
+def test_a_rank_failing_in_the_vae_decode_stops_every_rank_of_the_mesh_at_once(four_ranks):
+    results = _part(four_ranks, "vae_fault")
+    assert results[3]["outcome"].startswith("Boom"), results[3]
+    for rank in (0, 1, 2):  # told through the mesh group's control plane, not left to the 30 s timeout
+        assert results[rank]["outcome"].startswith("RankFailedError"), (rank, results[rank])
+        assert "mesh group [0, 1, 2, 3]" in results[rank]["outcome"], (rank, results[rank])
+    for rank, result in enumerate(results):
+        assert result["seconds"] < 15, (rank, result)
+        assert result["again"] < 1e-4, (rank, result)  # the next call runs, and equals one process
+
+
 def test_a_users_own_mesh():
-    results = _run("wan", {"own_mesh": True})
+    results = _run("wan", {"own_mesh": True, "vae_tiling": WAN_TILING})
     assert results[0]["shape"] == (2, 1, 2)
-    # xcfg destroys its CFG control group; the ring x ulysses group diffusers flattened out of the user's mesh
-    # stays with that mesh (cached there for the next enable_parallelism), as do the mesh's own groups
+    # xcfg destroys its CFG control group and the group it made for the VAE over the mesh's ranks; the
+    # ring x ulysses group diffusers flattened out of the user's mesh stays with that mesh (cached there for the
+    # next enable_parallelism), as do the mesh's own groups
     _check_shares(results, cfg=2, context=2, two_call=True, kept_groups=1)
+    _check_vae_split(results, 4)  # the VAE decode spans all the ranks of the user's mesh
 
 
 @pytest.mark.parametrize(
@@ -348,13 +476,6 @@ def test_a_users_own_mesh():
     [
         ("qwenimage", {"degree": 2, "ulysses_degree": 2, "true_cfg": True}, True),
         ("flux", {"degree": 2, "ulysses_degree": 2, "true_cfg": True}, True),
-        pytest.param(
-            "ltx", {"degree": 2, "ulysses_degree": 2, "uneven": "even"}, False,
-            marks=pytest.mark.xfail(strict=True, reason=(
-                "diffusers 0.42.1: LTX's processor repeats the prompt mask over all heads "
-                "(attention_mask.view(batch, attn.heads, -1, kv)) while Ulysses gives each rank heads/n, so any "
-                "Ulysses degree fails inside diffusers' attention, with or without xcfg")),
-        ),
     ],
 )
 def test_diffusers_own_plans_compose(example, layout, two_call):

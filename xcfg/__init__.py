@@ -49,6 +49,7 @@ _LAZY = {
     "BatchInput": "_spec", "CFGStyle": "_spec", "Example": "_spec", "ExampleRun": "_spec", "ModelSpec": "_spec",
     "Launched": "_launch", "launch": "_launch",
     "ContextParallelSpec": "_layout", "Layout": "_layout", "layout_from_mesh": "_layout", "plan_layout": "_layout",
+    "sequence_share": "_layout",
     "VAESpec": "_spec",
     "PMap": "_vae", "install_vae_split": "_vae",
     "Wrapped": "_hook", "wrap_denoiser": "_hook",
@@ -59,7 +60,7 @@ if TYPE_CHECKING:
     from ._hook import Wrapped, wrap_denoiser
     from ._hookspecs import hookimpl
     from ._launch import Launched, launch
-    from ._layout import ContextParallelSpec, Layout, layout_from_mesh, plan_layout
+    from ._layout import ContextParallelSpec, Layout, layout_from_mesh, plan_layout, sequence_share
     from ._parallelize import Parallelized, parallelize
     from ._registry import Registered, Registry, default_registry
     from ._spec import BatchInput, CFGStyle, Example, ExampleRun, ModelSpec, VAESpec
@@ -133,6 +134,7 @@ __all__ = [
     "parallelize",
     "plan_layout",
     "register_plugin",
+    "sequence_share",
     "unregister_plugin",
     "wrap_denoiser",
 ]

@@ -1,4 +1,6 @@
-"""Process groups: the torchrun helper and the CFG group that every other part receives explicitly."""
+"""Process groups: the torchrun helper, the CFG group that every other part receives explicitly, and the
+sequence group of context parallelism. Every collective of xcfg goes through an object of this module;
+nothing else calls ``torch.distributed`` but to build the mesh and to make and destroy groups."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from torch.distributed import _functional_collectives as funcol
 
 from ._errors import RankError, RankFailedError, RankMismatchError, RankTimeoutError, SetupError
 
-__all__ = ["CFGGroup", "DEFAULT_TIMEOUT", "init_distributed"]
+__all__ = ["CFGGroup", "DEFAULT_TIMEOUT", "SequenceGroup", "init_distributed", "mesh_group"]
 
 DEFAULT_TIMEOUT = datetime.timedelta(minutes=5)
 
@@ -93,6 +95,8 @@ class CFGGroup:
         size: the number of ranks in the group (the CFG degree).
         ranks: the global ranks of the group, in group order.
         timeout: how long a rank waits for its peers before raising :class:`xcfg.RankTimeoutError`.
+        label: what the group is called in error messages: ``"CFG group"``, or ``"mesh group"`` for the
+            group over every rank of a layout that splits the VAE decode.
 
     Example:
         >>> import xcfg
@@ -107,6 +111,7 @@ class CFGGroup:
     size: int
     ranks: tuple[int, ...]
     timeout: datetime.timedelta = DEFAULT_TIMEOUT
+    label: str = "CFG group"
     _owned: list[Any] = field(default_factory=list, repr=False)
     _health: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -158,7 +163,9 @@ class CFGGroup:
         return cls._build(ranks, group, timeout)
 
     @classmethod
-    def _build(cls, ranks: tuple[int, ...], data: Any, timeout: datetime.timedelta) -> CFGGroup:
+    def _build(
+        cls, ranks: tuple[int, ...], data: Any, timeout: datetime.timedelta, label: str = "CFG group"
+    ) -> CFGGroup:
         """The pooled group for these ranks, timeout and data group, made on first use.
 
         Groups are pooled per default process group, ranks, timeout and (when given) the user's data group,
@@ -168,7 +175,7 @@ class CFGGroup:
         ``parallelize`` on the same ranks, so any number of ``parallelize``/``remove`` cycles holds at most
         one pair of groups per key. A group that became unusable (a timeout, a lost peer) leaves the pool.
         """
-        key = (id(dist.distributed_c10d._get_default_group()), ranks, timeout, None if data is None else id(data))
+        key = (id(dist.distributed_c10d._get_default_group()), ranks, timeout, None if data is None else id(data), label)
         with _pool_lock:
             pooled = _pool.get(key)
             alive = pooled is not None and pooled.control in dist.distributed_c10d._world.pg_map
@@ -183,13 +190,14 @@ class CFGGroup:
             control = dist.new_group(list(ranks), backend="gloo", timeout=timeout, use_local_synchronization=True)
         except RuntimeError as err:
             raise RankTimeoutError(
-                f"xcfg: rank {rank} (global rank {dist.get_rank()}) could not form the CFG group {list(ranks)} in "
+                f"xcfg: rank {rank} (global rank {dist.get_rank()}) could not form the {label} {list(ranks)} in "
                 f"parallelize(): a peer did not join ({err}). Every rank of the group must call parallelize() with "
                 "the same arguments (degree, group, true_cfg): a rank that was refused, or that computed another "
                 "group, never arrives. See the other ranks' logs for a refusal."
             ) from err
         owned.append(control)
-        made = cls(group=data, control=control, rank=rank, size=len(ranks), ranks=ranks, timeout=timeout, _owned=owned)
+        made = cls(group=data, control=control, rank=rank, size=len(ranks), ranks=ranks, timeout=timeout, label=label,
+                   _owned=owned)
         with _pool_lock:
             _pool[key] = made
         return made
@@ -228,7 +236,7 @@ class CFGGroup:
         reason = self.broken
         if reason is not None:
             raise RankFailedError(
-                f"xcfg: the CFG group {list(self.ranks)} cannot be used any more ({_during(where)}): {reason} A process group "
+                f"xcfg: the {self.label} {list(self.ranks)} cannot be used any more ({_during(where)}): {reason} A process group "
                 "whose collective timed out or lost a peer cannot be put back in step. Call .remove() on the handle "
                 "and xcfg.parallelize() again on every rank (a fresh group is made), or restart the processes."
             )
@@ -300,14 +308,14 @@ class CFGGroup:
             messages = self.gather_objects(None, where)
             first = failed[0]
             raise RankFailedError(
-                f"xcfg: {self.describe_rank(first)} of the CFG group {list(self.ranks)} failed {_during(where)}: "
+                f"xcfg: {self.describe_rank(first)} of the {self.label} {list(self.ranks)} failed {_during(where)}: "
                 f"{messages[first]}. It stood in for the collective with zeros, so this rank ({self.describe_rank(self.rank)}) "
                 "left it and stopped at the same point; nothing is left waiting.",
                 rank=first,
             )
         if any(row != rows[0] for row in rows):
             raise RankMismatchError(
-                f"xcfg: the ranks of the CFG group {list(self.ranks)} entered different data collectives {_during(where)} "
+                f"xcfg: the ranks of the {self.label} {list(self.ranks)} entered different data collectives {_during(where)} "
                 f"(each rank's size and dtype code: {[(row[3], row[5]) for row in rows]}).",
                 rank=next(r for r, row in enumerate(rows) if row != rows[0]),
             )
@@ -326,7 +334,7 @@ class CFGGroup:
         unusable, the peers are left to the data group's timeout, and ``error`` is raised.
         """
         if self.broken is not None:
-            error.add_note(f"xcfg: the CFG group was already unusable: {self.broken}")
+            error.add_note(f"xcfg: the {self.label} was already unusable: {self.broken}")
             raise error
         rows = self.post([GUARD_TAG, 0, 0, 0, _FAILED, -1], where)()
         inside = [row for row in rows if row[0] == GUARD_TAG and not row[4] & _FAILED]
@@ -353,7 +361,7 @@ class CFGGroup:
         messages = self.gather_objects(_summary(error), where)
         for r, row in enumerate(rows):
             if r != self.rank and row[4] & _FAILED:
-                error.add_note(f"xcfg: {self.describe_rank(r)} of the CFG group failed too: {messages[r]}")
+                error.add_note(f"xcfg: {self.describe_rank(r)} of the {self.label} failed too: {messages[r]}")
         raise error
 
     def _data_device(self) -> torch.device:
@@ -421,7 +429,7 @@ class CFGGroup:
                 raise
             text = str(err)
             waited = time.monotonic() - started
-            me = f"{self.describe_rank(self.rank)} of the CFG group {list(self.ranks)}"
+            me = f"{self.describe_rank(self.rank)} of the {self.label} {list(self.ranks)}"
             plane = "data" if data else "control"
             if "timed out" in text.lower() or "timeout" in text.lower():
                 self._health["broken"] = f"a wait on its {plane} plane timed out {_during(where)}."
@@ -437,6 +445,134 @@ class CFGGroup:
                 "exited, or the peer gave up waiting for this rank (its timeout passed first) and closed the connection; "
                 f"see its log ({text}). This group cannot be used again: remove() and parallelize() make a new one."
             ) from err
+
+
+def mesh_group(ranks: Sequence[int], *, timeout: datetime.timedelta = DEFAULT_TIMEOUT) -> CFGGroup:
+    """A group over every rank of a layout (labelled ``"mesh group"``), for the work all of them share after the
+    denoising loop: the split VAE decode. Its own data and control groups, made with ``new_group`` by these
+    ranks only; :meth:`CFGGroup.destroy` destroys them.
+
+    Raises:
+        RankTimeoutError: a rank of ``ranks`` did not join.
+    """
+    return CFGGroup._build(tuple(ranks), None, timeout, label="mesh group")
+
+
+@dataclass(frozen=True, eq=False)
+class SequenceGroup:
+    """The ranks that share one sequence under context parallelism: the mesh's flattened ring x ulysses dim.
+
+    diffusers runs its own attention collectives on this group, inside its hooks. What xcfg itself does
+    on it goes through this object: the share of a tensor that is this rank's (:meth:`share`, which the
+    plugins reach through :func:`xcfg.sequence_share`) and the padded gather of uneven outputs
+    (:meth:`all_gather_uneven`). It has no control plane: a peer that fails inside diffusers' attention
+    is seen as the group's timeout (see the layouts guide, "Faults").
+
+    Attributes:
+        group: the process group; ``None`` when ``size == 1``.
+        rank: this process's rank within the group (its place along the sequence).
+        size: the number of ranks that share the sequence (ring degree x ulysses degree).
+
+    Example:
+        >>> import torch
+        >>> from xcfg._group import SequenceGroup
+        >>> SequenceGroup.single().share(torch.arange(5), 0).tolist()   # one rank holds the whole sequence
+        [0, 1, 2, 3, 4]
+    """
+
+    group: Any
+    rank: int
+    size: int
+
+    @classmethod
+    def single(cls) -> SequenceGroup:
+        """A sequence held whole by one rank."""
+        return cls(group=None, rank=0, size=1)
+
+    @classmethod
+    def from_group(cls, group: Any) -> SequenceGroup:
+        """The sequence group of a ``torch.distributed`` process group this rank belongs to."""
+        size = dist.get_world_size(group)
+        return cls(group=group, rank=dist.get_rank(group), size=size) if size > 1 else cls.single()
+
+    @classmethod
+    def of(cls, config: Any) -> SequenceGroup:
+        """The sequence group of a diffusers ``ParallelConfig`` (what a model or an attention processor holds
+        as ``_parallel_config``) or ``ContextParallelConfig`` once ``enable_parallelism`` set it up;
+        :meth:`single` for ``None`` or a config without context parallelism."""
+        context = getattr(config, "context_parallel_config", config)
+        mesh = getattr(context, "_flattened_mesh", None) if context is not None else None
+        return cls.single() if mesh is None else cls.from_group(mesh.get_group())
+
+    def share(self, tensor: torch.Tensor, dim: int) -> torch.Tensor:
+        """This rank's part of ``tensor`` along ``dim``: ``tensor.tensor_split(size, dim)[rank]`` (uneven
+        lengths give the larger parts to the lower ranks, as diffusers' "anything" modes split them)."""
+        return tensor if self.size == 1 else tensor.tensor_split(self.size, dim=dim)[self.rank]
+
+    def all_gather_uneven(
+        self, tensor: torch.Tensor, dim: int, *, where: str = "a context-parallel gather"
+    ) -> torch.Tensor:
+        """Concatenate every rank's ``tensor`` along ``dim`` in rank order, where the lengths along ``dim`` may
+        differ: one all-gather of the lengths, one of the parts padded to the longest, trimmed after (gloo
+        refuses an all-gather of different sizes, which diffusers' own gather of uneven parts uses).
+
+        Raises:
+            RankTimeoutError: a peer did not arrive within the group's timeout; the message names ``where``.
+            RankFailedError: the connection to a peer broke.
+        """
+        if self.size == 1:
+            return tensor
+        dim = dim % tensor.dim()
+        lengths = torch.empty(self.size, dtype=torch.int64, device=tensor.device)
+        mine = torch.tensor([tensor.shape[dim]], dtype=torch.int64, device=tensor.device)
+        self._call(lambda: _all_gather_single(lengths, mine, group=self.group), where)
+        sizes = lengths.tolist()
+        longest = max(sizes)
+        moved = tensor.movedim(dim, 0)
+        if moved.shape[0] < longest:
+            moved = torch.cat([moved, moved.new_zeros((longest - moved.shape[0], *moved.shape[1:]))])
+        out = moved.new_empty((self.size * longest, *moved.shape[1:]))
+        self._call(lambda: _all_gather_single(out, moved.contiguous(), group=self.group), where)
+        return torch.cat([out[r * longest : r * longest + n] for r, n in enumerate(sizes)]).movedim(0, dim)
+
+    def _call(self, fn: Callable[[], Any], where: str) -> Any:
+        """Run a collective; turn a timeout or a lost peer into the matching :class:`xcfg.RankError`, naming
+        ``where`` and the group's global ranks."""
+        started = time.monotonic()
+        try:
+            return fn()
+        except RuntimeError as err:
+            if isinstance(err, RankError):
+                raise
+            ranks = list(dist.get_process_group_ranks(self.group))
+            me = f"rank {self.rank} (global rank {ranks[self.rank]}) of the sequence group {ranks}"
+            waited = time.monotonic() - started
+            if "timed out" in str(err).lower() or "timeout" in str(err).lower():
+                raise RankTimeoutError(
+                    f"xcfg: {me} waited {waited:.1f} s {_during(where)} and a peer did not arrive: the peer is stuck or "
+                    "failed (inside the model, where diffusers' attention has no way to tell its peers); see its log."
+                ) from err
+            raise RankFailedError(
+                f"xcfg: {me} lost the connection to a peer {_during(where)} after {waited:.1f} s: the peer's process "
+                f"exited or gave up waiting; see its log ({err})."
+            ) from err
+
+
+def is_initialized() -> bool:
+    """Whether the default process group exists. No collective."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def world_size(group: Any = None) -> int:
+    """The ranks of ``group`` (``None``: the default group); 1 without an initialized process group. No collective."""
+    if group is None and not is_initialized():
+        return 1
+    return dist.get_world_size(group)
+
+
+def backend_name(group: Any = None) -> str:
+    """The backend of ``group`` (``None``: the default group) as torch names it: ``"nccl"``, ``"cpu:gloo,cuda:nccl"``."""
+    return str(dist.get_backend(group))
 
 
 def _during(where: str) -> str:

@@ -21,8 +21,9 @@ from typing import Any
 import torch
 
 from ._errors import SetupError
+from ._group import SequenceGroup
 
-__all__ = ["DIM_NAMES", "ContextParallelSpec", "Layout", "layout_from_mesh", "plan_layout"]
+__all__ = ["DIM_NAMES", "ContextParallelSpec", "Layout", "layout_from_mesh", "plan_layout", "sequence_share"]
 
 DIM_NAMES = ("cfg", "ring", "ulysses")
 """The names of the mesh dims xcfg builds and reads, outermost first."""
@@ -41,7 +42,9 @@ class ContextParallelSpec:
             with the parallel config on the module, and returns the function that puts the old ones back;
             ``None`` when the model's own processors already do.
         refuse: ``refuse(module)`` says why this instance cannot be made context-parallel (a processor
-            the plan was not written for), or ``None``; asked before any collective.
+            the plan was not written for, a model diffusers' own plan does not split correctly), or
+            ``None``; asked on every rank before any collective, for any ring or Ulysses degree. The
+            reason is a clause; xcfg adds what to launch instead.
 
     Example:
         >>> from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
@@ -402,6 +405,29 @@ def build_mesh(layout: Layout, device_type: str, timeout: datetime.timedelta) ->
     return mesh, groups
 
 
+def layout_ranks(mesh: Any) -> tuple[int, ...]:
+    """The global ranks of this rank's layout in ``mesh``: every rank with this rank's coordinates on the dims
+    xcfg does not read (a user's replica or FSDP dims), in the mesh's order; for a mesh of only ``"cfg"``,
+    ``"ring"`` and ``"ulysses"``, all its ranks. These ranks run one pipeline call together and hold the same
+    latent after the loop. No collective.
+
+    Example:
+        >>> import torch
+        >>> from xcfg._layout import layout_ranks
+        >>> class FakeMesh:   # a DeviceMesh's names, ranks and this rank's coordinates, without processes
+        ...     mesh_dim_names = ("replica", "cfg", "ring", "ulysses")
+        ...     mesh = torch.arange(8).view(2, 2, 1, 2)
+        ...     def get_coordinate(self): return [1, 0, 0, 1]   # global rank 5
+        >>> layout_ranks(FakeMesh())
+        (4, 5, 6, 7)
+    """
+    index = tuple(
+        slice(None) if name in DIM_NAMES else coordinate
+        for name, coordinate in zip(mesh.mesh_dim_names, mesh.get_coordinate())
+    )
+    return tuple(int(r) for r in mesh.mesh[index].flatten().tolist())
+
+
 def _options(device_type: str, timeout: datetime.timedelta) -> Any:
     import torch.distributed as dist
 
@@ -477,44 +503,53 @@ def _padded_gathers(module: torch.nn.Module, plan: dict[str, Any], config: Any) 
             registry = HookRegistry.check_if_exists_or_initialize(target)
             name = _CONTEXT_PARALLEL_OUTPUT_HOOK_TEMPLATE.format(module_id)
             registry.remove_hook(name, recurse=False)
-            registry.register_hook(_padded_gather_hook(outputs, config), name)
+            registry.register_hook(_padded_gather_hook(outputs, config, module_id), name)
 
 
-def _padded_gather_hook(outputs: list[Any], config: Any) -> Any:
-    """A diffusers hook that gathers a module's outputs along their ``gather_dim`` with :func:`gather_uneven`
-    (made here so that importing xcfg's specs does not import diffusers)."""
+def _padded_gather_hook(outputs: list[Any], config: Any, module_id: str) -> Any:
+    """A diffusers hook that gathers a module's outputs along their ``gather_dim`` through the sequence group's
+    :meth:`~xcfg._group.SequenceGroup.all_gather_uneven` (made here so that importing xcfg's specs does not
+    import diffusers)."""
     from diffusers.hooks import ModelHook
+
+    sequence = SequenceGroup.of(config)
+    where = f"gathering the uneven context-parallel output of {module_id or 'the model'!r}"
 
     class PaddedGatherHook(ModelHook):
         def post_forward(self, module: torch.nn.Module, output: Any) -> Any:
             single = isinstance(output, torch.Tensor)
             items = [output] if single else list(output)
-            group = config._flattened_mesh.get_group()
             for i, spec in enumerate(outputs):
                 if spec is not None:
-                    items[i] = gather_uneven(items[i], spec.gather_dim, group)
+                    items[i] = sequence.all_gather_uneven(items[i], spec.gather_dim, where=where)
             return items[0] if single else type(output)(items)
 
     return PaddedGatherHook()
 
 
-def gather_uneven(tensor: torch.Tensor, dim: int, group: Any) -> torch.Tensor:
-    """All-gather shares of different lengths along ``dim``, in rank order: one all-gather of the sizes, one
-    of the shares padded to the largest."""
-    import torch.distributed as dist
+def sequence_share(tensor: torch.Tensor, dim: int, parallel_config: Any) -> torch.Tensor:
+    """This rank's share of ``tensor`` along ``dim`` under the context parallelism of ``parallel_config``.
 
-    from ._group import _all_gather_single
+    For a plugin's attention processor that holds something over the whole sequence (a key mask, a prompt
+    mask) while diffusers' plan split the tokens: the ranks that share one sequence split it as
+    ``tensor.tensor_split(n, dim)`` in their order (uneven lengths give the larger shares to the lower
+    ranks, as diffusers' ``ulysses_anything`` and ``ring_anything`` split), and this returns this rank's
+    part. Plugins never touch process groups; this is how they learn their place along the sequence.
 
-    world = dist.get_world_size(group)
-    dim = dim % tensor.dim()
-    sizes = torch.empty(world, dtype=torch.int64, device=tensor.device)
-    _all_gather_single(sizes, torch.tensor([tensor.shape[dim]], dtype=torch.int64, device=tensor.device), group=group)
-    sizes_list = sizes.tolist()
-    longest = max(sizes_list)
-    moved = tensor.movedim(dim, 0)
-    if moved.shape[0] < longest:
-        moved = torch.cat([moved, moved.new_zeros((longest - moved.shape[0], *moved.shape[1:]))])
-    out = moved.new_empty((world * longest, *moved.shape[1:]))
-    _all_gather_single(out, moved.contiguous(), group=group)
-    parts = [out[r * longest : r * longest + n] for r, n in enumerate(sizes_list)]
-    return torch.cat(parts).movedim(0, dim)
+    Args:
+        tensor: the whole-sequence tensor.
+        dim: the sequence dim of ``tensor``.
+        parallel_config: the processor's (or the model's) ``_parallel_config``, a diffusers
+            ``ParallelConfig``, or its ``ContextParallelConfig``; ``None`` without context parallelism.
+
+    Returns:
+        This rank's share; ``tensor`` itself when the sequence is not split.
+
+    Example:
+        >>> import torch
+        >>> import xcfg
+        >>> mask = torch.tensor([[1, 1, 1, 0, 0]])
+        >>> xcfg.sequence_share(mask, -1, None).tolist()   # no context parallelism: the whole mask
+        [[1, 1, 1, 0, 0]]
+    """
+    return SequenceGroup.of(parallel_config).share(tensor, dim)

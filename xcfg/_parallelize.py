@@ -2,9 +2,10 @@
 
 The path of one ``parallelize`` call: find the denoisers (:func:`_denoisers`); look each class up in the
 registry, or leave it to inference (:func:`xcfg._refusals.spec_for`); run every refusal
-(:mod:`xcfg._refusals`), all before any collective; make the CFG group (:mod:`xcfg._group`) and agree on
-the set-up (:class:`xcfg._session.Session`); then install, each with its undo on the handle: the VAE split
-(:mod:`xcfg._vae`), a style (:mod:`xcfg._styles`, :mod:`xcfg._infer`) in a hook on every denoiser
+(:mod:`xcfg._refusals`), all before any collective; make the CFG group (:mod:`xcfg._group`), with a layout
+the mesh first (:mod:`xcfg._layout`), and agree on the set-up (:class:`xcfg._session.Session`); then install,
+each with its undo on the handle: the VAE split (:mod:`xcfg._vae`, over the CFG group, or over a mesh group
+of every rank of the layout), a style (:mod:`xcfg._styles`, :mod:`xcfg._infer`) in a hook on every denoiser
 (:mod:`xcfg._hook`), and the pipeline-call brackets (:mod:`xcfg._pipeline`).
 """
 
@@ -16,13 +17,12 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from ._errors import UnsupportedModelError
-from ._group import DEFAULT_TIMEOUT, CFGGroup
+from ._group import DEFAULT_TIMEOUT, CFGGroup, is_initialized, mesh_group, world_size
 from ._hook import Wrapped, install
 from ._infer import Inferred, spec_source
-from ._layout import Layout, build_mesh, check_context_parallel, destroy_groups, enable_context_parallel
+from ._layout import Layout, build_mesh, check_context_parallel, destroy_groups, enable_context_parallel, layout_ranks
 from ._notices import warn_once
 from ._pipeline import install_pipeline_hooks
 from ._refusals import (
@@ -39,7 +39,7 @@ from ._registry import Registry, default_registry
 from ._session import Session
 from ._spec import ModelSpec
 from ._styles import STYLES, Style
-from ._vae import check_vae_output, install_vae_split
+from ._vae import check_vae_output, install_vae_split, vae_to_split
 
 __all__ = ["AUXILIARY_ATTRIBUTES", "DENOISER_ATTRIBUTES", "Parallelized", "parallelize"]
 
@@ -177,13 +177,15 @@ def parallelize(
             per step; without it such models are refused.
         split_vae: spread the tiles of the VAE's tiled decode across the ranks (each decodes its share,
             then every rank gathers and blends them), for VAEs with a :class:`xcfg.VAESpec` (CogVideoX,
-            Mochi, ``AutoencoderKL``). Only a tiled decode is split: enable tiling yourself with
-            ``pipe.vae.enable_tiling()``, since it changes the decoded result; a decode without tiling or
-            of a latent smaller than one tile runs whole on every rank, as before. ``False`` leaves the
-            VAE alone.
+            Mochi, ``AutoencoderKL``): the ranks of the CFG group, or, with a layout, every rank of the
+            layout (a group xcfg makes over them and destroys at ``remove()``). Only a tiled decode is
+            split: enable tiling yourself with ``pipe.vae.enable_tiling()``, since it changes the decoded
+            result; a decode without tiling or of a latent smaller than one tile runs whole on every rank,
+            as before. ``False`` leaves the VAE alone.
         vae_output: where the split decode delivers its result: ``"all"`` ranks (every rank's pipeline
-            output is the same), or ``"rank0"`` only, when only rank 0 saves the result; the other ranks
-            skip the blending and their pipeline returns zeros of the same shape.
+            output is the same), or ``"rank0"`` only, when only rank 0 saves the result (rank 0 of the CFG
+            group, or the first rank of a layout); the other ranks skip the blending and their pipeline
+            returns zeros of the same shape.
         registry: where to look models up (default: :func:`xcfg.default_registry`).
         infer: a denoiser no plugin names is not refused: its CFG style and the arguments that carry the
             batch are inferred at its first calls, and verified before they are trusted (the first split
@@ -249,28 +251,56 @@ def parallelize(
     else:
         cfg_group = _resolve_group(group, degree, timeout)
     handle.group = cfg_group
-    if cfg_group.size == 1:
-        return _mark(pipe, handle)
-    session = Session(cfg_group, check_every=check_every)
-    handle._undo.append(lambda: setattr(session, "closed", True))
-    arguments = (cfg_group.size, true_cfg, check_every, split_vae, vae_output, timeout.total_seconds(), infer)
-    devices = session.handshake(_device_index(found), _fingerprint(specs, arguments))
-    check_distinct_gpus(devices, cfg_group.ranks)
-    bare = isinstance(pipe, torch.nn.Module)
-    if split_vae and not bare:
-        remove_vae = install_vae_split(pipe, cfg_group, session, registry, output=vae_output)
-        if remove_vae is not None:
-            handle._undo.append(remove_vae)
-    shared: dict[str, Any] = {}  # what the styles of this pipeline share (the two-call history of Wan 2.2's experts)
-    for name, module in found.items():
-        spec = specs[name] or ModelSpec(model=type(module), style="two_call")
-        style: Style = (Inferred if specs[name] is None else STYLES[spec.style])(spec, type(module), cfg_group, shared)
-        wrapped = install(module, style, spec, cfg_group, session)
-        handle.wrapped.append(wrapped)
-        handle._undo.append(wrapped.remove)
-    if not bare:
-        handle._undo.append(install_pipeline_hooks(pipe, session, on_run_end=_notice_unsplit(handle)))
+    try:  # a failure from here on (a handshake, a group that cannot form) undoes what was installed
+        arguments = (cfg_group.size, true_cfg, check_every, split_vae, vae_output, timeout.total_seconds(), infer)
+        fingerprint = _fingerprint(specs, arguments)
+        session = None
+        if cfg_group.size > 1:
+            session = Session(cfg_group, check_every=check_every)
+            handle._undo.append(lambda: setattr(session, "closed", True))
+            devices = session.handshake(_device_index(found), fingerprint)
+            check_distinct_gpus(devices, cfg_group.ranks)
+        bare = isinstance(pipe, torch.nn.Module)
+        if split_vae and not bare:
+            _split_vae(handle, cfg_group, session, registry, vae_output, timeout, _device_index(found), fingerprint)
+        if session is None:
+            return _mark(pipe, handle)
+        shared: dict[str, Any] = {}  # what the styles of this pipeline share (the two-call history of Wan 2.2's experts)
+        for name, module in found.items():
+            spec = specs[name] or ModelSpec(model=type(module), style="two_call")
+            style: Style = (Inferred if specs[name] is None else STYLES[spec.style])(spec, type(module), cfg_group, shared)
+            wrapped = install(module, style, spec, cfg_group, session)
+            handle.wrapped.append(wrapped)
+            handle._undo.append(wrapped.remove)
+        if not bare:
+            handle._undo.append(install_pipeline_hooks(pipe, session, on_run_end=_notice_unsplit(handle)))
+    except BaseException:
+        handle.remove()
+        raise
     return _mark(pipe, handle)
+
+
+def _split_vae(
+    handle: Parallelized, cfg_group: CFGGroup, session: Session | None, registry: Registry, output: str,
+    timeout: datetime.timedelta, device: int, fingerprint: int,
+) -> None:
+    """Split the VAE's tiled decode over the ranks that hold the same latent after the loop: the CFG group, or,
+    with a layout, every rank of it (:func:`xcfg._layout.layout_ranks`), through a mesh group xcfg makes, with a
+    session of its own under the CFG session, and destroys at ``remove()``."""
+    pipe = handle.pipe
+    group, vae_session = cfg_group, session
+    ranks = layout_ranks(handle.mesh) if handle.mesh is not None else cfg_group.ranks
+    if len(ranks) > 1 and tuple(ranks) != cfg_group.ranks:
+        if vae_to_split(pipe, registry) is None:
+            return  # nothing to split: no group made
+        group = mesh_group(ranks, timeout=timeout)
+        handle._undo.append(group.destroy)
+        vae_session = Session(group, parent=session)
+        handle._undo.append(lambda: setattr(vae_session, "closed", True))
+        vae_session.handshake(device, fingerprint)  # every rank of the layout splits the decode alike
+    remove_vae = install_vae_split(pipe, group, vae_session, registry, output=output)
+    if remove_vae is not None:
+        handle._undo.append(remove_vae)
 
 
 def _notice_unsplit(handle: Parallelized) -> Callable[[], None]:
@@ -325,12 +355,12 @@ def _plan(group: Any, degree: int, ring: int, ulysses: int, config: Any, mesh: A
         )
     if mesh is not None:
         return layout_from_mesh(mesh, uneven=uneven)
-    if not (dist.is_available() and dist.is_initialized()):
+    if not is_initialized():
         raise SetupError(
             "xcfg: context parallelism (ring_degree / ulysses_degree) needs a process group: launch with torchrun "
             "and call xcfg.init_distributed() before parallelize()"
         )
-    world = dist.get_world_size()
+    world = world_size()
     if config is not None:
         return layout_from_config(world, degree, config)
     return plan_layout(world, cfg=degree, ring=ring, ulysses=ulysses, uneven=uneven)

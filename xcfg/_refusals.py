@@ -9,10 +9,9 @@ import os
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from ._errors import NoCFGError, SetupError, UnsupportedModelError, UnsupportedPipelineError
-from ._group import backend_for, check_world_size
+from ._group import backend_for, backend_name, check_world_size, world_size
 from ._registry import Registry
 from ._spec import CFGStyle, ModelSpec
 
@@ -139,11 +138,12 @@ def planned_size(group: Any, degree: int) -> int:
     if isinstance(group, CFGGroup):
         return group.size
     if group is not None:
-        return dist.get_world_size(group)
-    if not (dist.is_available() and dist.is_initialized()):
+        return world_size(group)
+    world = world_size()
+    if world == 1:
         return 1
-    check_world_size(dist.get_world_size(), degree)
-    return min(degree, dist.get_world_size())
+    check_world_size(world, degree)
+    return min(degree, world)
 
 
 def module_device(module: torch.nn.Module) -> torch.device | None:
@@ -169,7 +169,7 @@ def check_devices(found: dict[str, torch.nn.Module], source: Any) -> None:
         if backend is None or (backend == "gloo" and device.type != "cpu"):
             raise SetupError(
                 f"xcfg: the pipeline's {name!r} is on {device}, but the CFG group's backend "
-                f"({dist.get_backend(source)}) cannot carry {device.type} tensors. Initialize the process group "
+                f"({backend_name(source)}) cannot carry {device.type} tensors. Initialize the process group "
                 f"with backend='nccl' for GPUs (xcfg.init_distributed() does), or keep the model on the CPU with gloo."
             )
         if backend == "nccl" and device.type != "cuda":

@@ -96,22 +96,38 @@ class Session:
     """Per-``parallelize`` state shared by the wrapped denoisers and the pipeline hooks.
 
     Args:
-        group: the CFG group (size > 1).
+        group: the CFG group (size > 1), or the mesh group of a layout for the VAE decode it splits.
         check_every: also compare the denoiser inputs across ranks every this many calls
             (the first call of each pipeline run is always compared); ``0`` for the first call only.
+        parent: the session whose pipeline calls bracket this one's work, when this one runs on other
+            ranks (the mesh group's, under the CFG group's): a failure this session's ranks agreed on is
+            agreed on the parent's ranks too (each of them is one of this session's), so no rank of the
+            parent waits at the end of the pipeline call for a peer that raised.
     """
 
-    def __init__(self, group: CFGGroup, *, check_every: int = 0) -> None:
+    def __init__(self, group: CFGGroup, *, check_every: int = 0, parent: Session | None = None) -> None:
         self.group = group
         self.check_every = check_every
+        self.parent = parent
         self.run_index = 0  # pipeline calls started (begin_run)
         self.call_index = 0  # denoiser calls finished in the current pipeline call
         self.depth = 0  # nesting of pipeline calls: > 0 inside one
-        self.aborted = False  # the ranks already agreed that the current call failed
+        self._aborted = False
         self.pipelines = 0  # pipelines whose calls are bracketed with this session (0: a bare denoiser)
         self.closed = False  # the handle that made it was removed
         self._runs = 0  # pipeline calls ever started: each gets a fresh index, nested ones too
         self._lock = threading.RLock()
+
+    @property
+    def aborted(self) -> bool:
+        """Whether the ranks already agreed that the current call (or piece of split work) failed."""
+        return self._aborted
+
+    @aborted.setter
+    def aborted(self, value: bool) -> None:
+        self._aborted = value
+        if value and self.parent is not None:
+            self.parent.aborted = True
 
     @property
     def in_pipeline_call(self) -> bool:
@@ -126,7 +142,7 @@ class Session:
             rows = self._round(Tag.SETUP, value=value, aux=aux, flags=Flag.NONE, error=None, compare_value=False)
         except RankTimeoutError as err:
             raise RankTimeoutError(
-                f"xcfg: a peer of the CFG group {list(self.group.ranks)} did not reach parallelize()'s handshake "
+                f"xcfg: a peer of the {self.group.label} {list(self.group.ranks)} did not reach parallelize()'s handshake "
                 f"within {self.group.timeout.total_seconds():g} s. Usually parallelize() refused the pipeline on that "
                 "rank (see its log): it was called with other arguments there (true_cfg, degree, group), or its "
                 "pipeline differs. Call it alike on every rank."
@@ -134,7 +150,7 @@ class Session:
         except RankMismatchError as err:
             mine = aux
             raise SetupError(
-                f"xcfg: the ranks of the CFG group {list(self.group.ranks)} called parallelize() with different "
+                f"xcfg: the ranks of the {self.group.label} {list(self.group.ranks)} called parallelize() with different "
                 "arguments (degree, true_cfg, check_every, split_vae, vae_output, timeout) or found different models "
                 f"in their pipelines (this rank's fingerprint {mine}): {err}. Call it alike on every rank."
             ) from err
@@ -341,11 +357,11 @@ class Session:
             if error is not None:
                 others = [r for r in failed if r != self.group.rank]
                 for r in others:
-                    error.add_note(f"xcfg: rank {r} of the CFG group failed too: {messages[r]}")
+                    error.add_note(f"xcfg: rank {r} of the {self.group.label} failed too: {messages[r]}")
                 raise error
             first = failed[0]
             raise RankFailedError(
-                f"xcfg: {self.group.describe_rank(first)} of the CFG group {list(self.group.ranks)} failed "
+                f"xcfg: {self.group.describe_rank(first)} of the {self.group.label} {list(self.group.ranks)} failed "
                 f"({rows[first].describe()}): {messages[first]}. This rank ({self.group.describe_rank(self.group.rank)}) "
                 "stopped at the same point; nothing is left waiting.",
                 rank=first,
@@ -356,7 +372,7 @@ class Session:
             listing = "; ".join(f"{self.group.describe_rank(r)} is {row.describe()}" for r, row in enumerate(rows))
             other = next(r for r, key in enumerate(keys) if key != keys[0])
             raise RankMismatchError(
-                f"xcfg: the ranks of the CFG group reached different points: {listing}. Every rank must run the "
+                f"xcfg: the ranks of the {self.group.label} reached different points: {listing}. Every rank must run the "
                 "same pipeline call with the same arguments, and callbacks or interrupts must act on every "
                 "rank alike.",
                 rank=other,

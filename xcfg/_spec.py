@@ -168,8 +168,9 @@ class ModelSpec(_ClassSpec):
             ``is_distilled``), or a pipeline whose uncond call gets other latents (Cosmos Video2World).
             ``parallelize`` raises :class:`xcfg.UnsupportedPipelineError` with the reason.
         context_parallel: how to split this model's sequence across ranks (a
-            :class:`xcfg.ContextParallelSpec`), for a model diffusers ships no ``_cp_plan`` for; ``None``
-            uses diffusers' own plan, if any.
+            :class:`xcfg.ContextParallelSpec`), for a model diffusers ships no ``_cp_plan`` for, or to
+            refuse diffusers' own plan where it does not compute the model correctly (the spec's plan then
+            returns the class's ``_cp_plan``); ``None`` uses diffusers' own plan, if any.
 
     Example:
         >>> from xcfg import ModelSpec

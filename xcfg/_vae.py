@@ -1,4 +1,8 @@
-"""The VAE decode split: the tiles of a tiled decode are decoded across the CFG ranks, then gathered.
+"""The VAE decode split: the tiles of a tiled decode are decoded across ranks, then gathered.
+
+The ranks are those of one group that all hold the same latent: the CFG group, or, with a layout
+(CFG x ring x Ulysses), every rank of the layout (the mesh group), since after the denoising loop every rank
+of the mesh holds the same latent.
 
 A tiled VAE decode is a loop over independent spatial tiles of the latent (each decoded with all its
 frames), followed by blending the overlaps. A plugin describes that loop for one VAE family in a
@@ -205,6 +209,8 @@ class _Split:
         return z.requires_grad or any(p.requires_grad for p in self.vae.parameters())
 
     def decode(self, z: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+        if not self.session.in_pipeline_call:  # a session of its own (the mesh group's) or a decode outside a
+            self.session.aborted = False       # pipeline call: each decode is its own agreement
         pmap = _Distributor(self.group, self.session, self.root_only, z.device)
         try:
             sample = self.spec.tiled_decode(self.vae, z, pmap, **inputs)
@@ -247,23 +253,25 @@ def install_vae_split(
 ) -> Callable[[], None] | None:
     """Split the tiled decode of ``pipe.vae`` across the ranks of ``group``.
 
-    :func:`xcfg.parallelize` calls it when the CFG group has more than one rank; call it directly for a
-    hand-written loop. It sets the VAE's instance attribute ``tiled_decode``, which the VAE's own
-    ``decode`` calls only when tiling is enabled (``vae.enable_tiling()``) and the latent is larger
-    than one tile; that call then decodes this rank's share of the tiles, gathers all of them and
-    blends. A decode without tiling, or of a latent smaller than one tile, runs whole on every rank as
-    before, as does a decode under ``torch.compile`` or one that records gradients (grad mode on while
-    the latent or the VAE's parameters require grad; pipelines decode under ``torch.no_grad``). The
-    result equals the 1-process tiled decode up to rounding. ``inspect.signature(vae.tiled_decode)`` is
-    unchanged.
+    :func:`xcfg.parallelize` calls it with the CFG group, or, with a layout, with a group over every rank
+    of the layout (the mesh group, with its own session); call it directly for a hand-written loop. It
+    sets the VAE's instance attribute ``tiled_decode``, which the VAE's own ``decode`` calls only when
+    tiling is enabled (``vae.enable_tiling()``) and the latent is larger than one tile; that call then
+    decodes this rank's share of the tiles, gathers all of them and blends. A decode without tiling, or
+    of a latent smaller than one tile, runs whole on every rank as before, as does a decode under
+    ``torch.compile`` or one that records gradients (grad mode on while the latent or the VAE's
+    parameters require grad; pipelines decode under ``torch.no_grad``). The result equals the 1-process
+    tiled decode up to rounding. ``inspect.signature(vae.tiled_decode)`` is unchanged.
 
     Args:
         pipe: a pipeline with a ``vae`` attribute, or the VAE itself.
-        group: the CFG group; with one rank nothing is installed.
-        session: the control protocol shared with the denoiser wrappers; ``None`` makes a new one. A
-            rank that fails decoding its tiles makes every rank raise before the gather.
+        group: the ranks that decode together, every one of which holds the same latent (the CFG group,
+            or the mesh group of a layout); with one rank nothing is installed.
+        session: the control protocol over ``group`` (the one shared with the denoiser wrappers when
+            ``group`` is the CFG group); ``None`` makes a new one. A rank that fails decoding its tiles
+            makes every rank of ``group`` raise before the gather.
         registry: where to look the VAE's class up (default: :func:`xcfg.default_registry`).
-        output: ``"all"``: every rank gets the decoded result. ``"rank0"``: only rank 0 does, and
+        output: ``"all"``: every rank gets the decoded result. ``"rank0"``: only rank 0 of ``group`` does, and
             the other ranks skip the blending and get zeros of the result's shape, dtype and device,
             as a read-only expanded view of one element (no memory), so the pipeline's post-processing
             still runs there; ``.clone()`` it before writing to it.
@@ -284,10 +292,42 @@ def install_vae_split(
         True
     """
     check_vae_output(output)
+    if group.size == 1:
+        return None
+    found = vae_to_split(pipe, registry)
+    if found is None:
+        return None
+    vae, spec = found
+    original = getattr(vae, _ATTRIBUTE)
+    split = _Split(vae, spec, group, session or Session(group), output, original)
+
+    @functools.wraps(original)
+    def tiled_decode(z: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        return split(z, *args, **kwargs)
+
+    setattr(tiled_decode, _MARK, split)
+    vae.__dict__[_ATTRIBUTE] = tiled_decode
+
+    def remove() -> None:
+        if vae.__dict__.get(_ATTRIBUTE) is tiled_decode:
+            del vae.__dict__[_ATTRIBUTE]
+
+    return remove
+
+
+def vae_to_split(pipe: Any, registry: Registry | None = None) -> tuple[torch.nn.Module, VAESpec] | None:
+    """The VAE of ``pipe`` (or ``pipe`` itself, a VAE) and its :class:`xcfg.VAESpec`, when its tiled decode can be
+    split; ``None`` otherwise (no VAE, no spec for its class, a subclass with its own ``tiled_decode``, or a
+    ``tiled_decode`` something else replaced already). No collective: every rank answers alike for the same
+    pipeline, so :func:`xcfg.parallelize` asks before it makes a group for the decode.
+
+    Raises:
+        SetupError: the VAE's decode is split already.
+    """
     vae = getattr(pipe, "vae", None)
     if vae is None and isinstance(pipe, torch.nn.Module) and hasattr(pipe, _ATTRIBUTE):
         vae = pipe
-    if group.size == 1 or not isinstance(vae, torch.nn.Module):
+    if not isinstance(vae, torch.nn.Module):
         return None
     if is_vae_split(vae):
         raise SetupError(
@@ -304,21 +344,7 @@ def install_vae_split(
     spec: VAESpec = entry.spec  # type: ignore[assignment]
     if getattr(type(vae), _ATTRIBUTE, None) is not getattr(spec.resolve(), _ATTRIBUTE, None):
         return None  # a subclass with its own tiled decode: the plugin's tiles may not be its tiles
-    original = getattr(vae, _ATTRIBUTE)
-    split = _Split(vae, spec, group, session or Session(group), output, original)
-
-    @functools.wraps(original)
-    def tiled_decode(z: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        return split(z, *args, **kwargs)
-
-    setattr(tiled_decode, _MARK, split)
-    vae.__dict__[_ATTRIBUTE] = tiled_decode
-
-    def remove() -> None:
-        if vae.__dict__.get(_ATTRIBUTE) is tiled_decode:
-            del vae.__dict__[_ATTRIBUTE]
-
-    return remove
+    return vae, spec
 
 
 def check_vae_output(output: str) -> None:

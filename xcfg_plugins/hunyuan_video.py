@@ -196,10 +196,9 @@ def _processor_class() -> type:
             image, text = self.lengths["image"], self.lengths["text"]
             if mask.shape[-1] != image + text:
                 return mask
-            group = self._parallel_config.context_parallel_config._flattened_mesh.get_group()
-            size, rank = torch.distributed.get_world_size(group), torch.distributed.get_rank(group)
-            return torch.cat([mask[..., :image].tensor_split(size, dim=-1)[rank],
-                              mask[..., image:].tensor_split(size, dim=-1)[rank]], dim=-1)
+            config = self._parallel_config
+            return torch.cat([xcfg.sequence_share(mask[..., :image], -1, config),
+                              xcfg.sequence_share(mask[..., image:], -1, config)], dim=-1)
 
     return HunyuanVideoParallelAttnProcessor
 

@@ -19,6 +19,9 @@ shapes ``timestep``.
 
 ``AutoencoderKLLTXVideo``'s tiled decode (``pipe.vae.enable_tiling()``) is split across the ranks: each rank
 decodes its share of the spatial tiles (the VAE section below).
+
+Context parallelism (ring or Ulysses, past 2 GPUs) is refused with the reason: diffusers' LTX attention does
+not split correctly in either mode (see the context-parallel section below).
 """
 
 from __future__ import annotations
@@ -148,6 +151,41 @@ VAE_SPECS = (
         tiled_decode=tiled_decode,
     ),
 )
+
+# -- context parallel --------------------------------------------------------------------------------
+# diffusers ships a _cp_plan for LTX-Video and its processor goes through dispatch_attention_fn, but neither
+# context-parallel mode computes LTX's attention correctly in diffusers 0.42.1, so the plan (diffusers' own,
+# read from the class when first needed) comes with a refusal:
+# - Ulysses: the processor shapes the prompt mask for all heads (``attention_mask.view(batch, attn.heads, -1,
+#   kv)``) while Ulysses gives each rank ``heads / n`` of them: the first cross-attention raises inside
+#   diffusers, on every rank, with or without xcfg.
+# - ring: the plan splits the prompt and its mask with the video tokens; ring attention passes the text keys
+#   round the ranks but applies each rank's own share of the mask to all of them, so a padded prompt (every
+#   LTX pipeline pads to ``max_sequence_length`` and passes the mask) is masked wrongly: relative error 2e-2
+#   on the tiny example with a log-sum-exp backend. ``ring_anything`` refuses any mask.
+# The refusal comes before any collective, on every rank, with what to launch instead (CFG parallelism only).
+
+
+def _cp_plan() -> dict[str, Any]:
+    from diffusers import LTXVideoTransformer3DModel
+
+    return LTXVideoTransformer3DModel._cp_plan
+
+
+def _refuse(module: Any) -> str | None:
+    import diffusers
+
+    return (
+        f"LTX-Video's attention does not split correctly in diffusers {diffusers.__version__}, with either mode. "
+        f"Ulysses gives each rank a share of the {module.config.num_attention_heads} attention heads, but LTX's "
+        "processor reshapes the prompt mask for all of them (attention_mask.view(batch, attn.heads, -1, kv)) and "
+        "fails; ring attention passes the prompt's keys round the ranks but masks them with each rank's own share "
+        "of the prompt mask, which changes the result of a padded prompt"
+    )
+
+
+CONTEXT_PARALLEL = xcfg.ContextParallelSpec(plan=_cp_plan, refuse=_refuse)
+SPECS = tuple(spec.model_copy(update={"context_parallel": CONTEXT_PARALLEL}) for spec in SPECS)
 
 # -- hooks -------------------------------------------------------------------------------------------
 

@@ -217,11 +217,7 @@ class MochiParallelAttnProcessor:
         if attention_mask is not None:
             valid = attention_mask
             if valid.shape[1] != text:  # the whole prompt's mask: take this rank's share of it
-                config = self._parallel_config.context_parallel_config
-                group = config._flattened_mesh.get_group()
-                valid = valid.tensor_split(torch.distributed.get_world_size(group), dim=1)[
-                    torch.distributed.get_rank(group)
-                ]
+                valid = xcfg.sequence_share(valid, 1, self._parallel_config)
             keep = torch.cat([valid.new_ones(valid.shape[0], image), valid], dim=1).bool()
             mask = torch.zeros(keep.shape, dtype=query.dtype, device=query.device)
             mask = mask.masked_fill(~keep, torch.finfo(query.dtype).min)
