@@ -353,7 +353,7 @@ def test_cogvideox_cfg2_ulysses4_on_8_ranks():
 
 def _refusal_rank(rank: int, world: int) -> dict[str, str]:
     with cpu_accelerator_shim():
-        runs = {name: xcfg.build_example(name, size="tiny") for name in ("wan", "ltx")}
+        runs = {name: xcfg.build_example(name, size="tiny") for name in ("wan", "ltx", "ltx2")}
         before = _process_groups()
         out = {}
         for label, (name, layout) in {
@@ -363,6 +363,8 @@ def _refusal_rank(rank: int, world: int) -> dict[str, str]:
             # diffusers' LTX attention: Ulysses fails inside it, ring masks a padded prompt wrongly
             "ltx_ulysses": ("ltx", {"degree": 2, "ulysses_degree": 2, "uneven": "even"}),
             "ltx_ring": ("ltx", {"degree": 2, "ring_degree": 2}),
+            # diffusers' LTX-2 plan splits the per-head rotary tables along the heads
+            "ltx2_ulysses": ("ltx2", {"degree": 2, "ulysses_degree": 2}),
         }.items():
             try:
                 xcfg.parallelize(runs[name].pipe, **layout)
@@ -447,6 +449,8 @@ def test_refusals_come_before_any_collective_on_every_rank(four_ranks):
             text = result[label]
             assert "LTXVideoTransformer3DModel" in text and "LTX-Video" in text and "Ulysses" in text, text
             assert "ring attention" in text and "parallelize(pipe, degree=2)" in text, text
+        text = result["ltx2_ulysses"]
+        assert "LTX2VideoTransformer3DModel" in text and "rotary tables" in text and "degree=2" in text, text
         assert result["groups_unchanged"] == "True" and result["untouched"] == "True", result
 
 

@@ -15,6 +15,9 @@ inputs: spatio-temporal guidance (STG: ``spatio_temporal_guidance_blocks`` set) 
 (``isolate_modalities=True``). With one prompt their batch does not divide by two, so every rank runs
 them whole: the result stays equal to one process, and 4 passes per step become 3 on two GPUs.
 
+Context parallelism (ring or Ulysses, past 2 GPUs) is refused with the reason: diffusers' plan for LTX-2 does
+not split it correctly (see the context-parallel section below).
+
 ``AutoencoderKLLTX2Video``'s tiled decode (``pipe.vae.enable_tiling()``) is split across the ranks: each rank
 decodes its share of the spatial tiles (the VAE section below).
 """
@@ -188,6 +191,36 @@ VAE_SPECS = (
         tiled_decode=tiled_decode,
     ),
 )
+
+# -- context parallel --------------------------------------------------------------------------------
+# diffusers ships a _cp_plan for LTX-2, but in diffusers 0.42.1 it does not split the model correctly, so the plan
+# (diffusers' own, read from the class when first needed) comes with a refusal, before any collective:
+# - the plan splits the rotary tables ``rope`` outputs along dim 1, the tokens of (batch, tokens, dim) tables; with
+#   ``rope_type="split"`` (the published checkpoints) the tables are (batch, heads, tokens, dim / 2), so dim 1 is
+#   the heads and the first self-attention fails with a shape mismatch ("size of tensor a (2) must match ... (4)"
+#   on the tiny example, cfg 2 x Ulysses 2);
+# - with ``rope_type="interleaved"`` the first attention fails as well ("output with shape [1, 1, 768, 8] doesn't
+#   match the broadcast shape [1, 2, 768, 8]").
+
+
+def _cp_plan() -> dict[str, Any]:
+    from diffusers import LTX2VideoTransformer3DModel
+
+    return LTX2VideoTransformer3DModel._cp_plan
+
+
+def _refuse(module: Any) -> str | None:
+    import diffusers
+
+    return (
+        f"diffusers {diffusers.__version__}'s context-parallel plan for LTX-2 splits its rotary tables along the "
+        f"wrong dimension (with rope_type={module.config.rope_type!r} the tables are per head), and its attention "
+        "fails inside diffusers with ring attention or Ulysses alike"
+    )
+
+
+CONTEXT_PARALLEL = xcfg.ContextParallelSpec(plan=_cp_plan, refuse=_refuse)
+SPECS = tuple(spec.model_copy(update={"context_parallel": CONTEXT_PARALLEL}) for spec in SPECS)
 
 # -- hooks -------------------------------------------------------------------------------------------
 
