@@ -185,3 +185,14 @@ def test_plugins_never_touch_torch_distributed():
         if pattern.search(line)
     ]
     assert not hits, hits
+
+
+def test_ranks_on_one_gpu_of_one_host_are_refused_but_one_index_on_two_hosts_is_not():
+    from xcfg._refusals import check_distinct_gpus, device_key
+
+    one_host = [device_key(0, "node-a"), device_key(0, "node-a")]
+    with pytest.raises(xcfg.SetupError, match=r"same GPU of one host \(cuda indices \[0, 0\]\)"):
+        check_distinct_gpus(one_host, (0, 1))
+    check_distinct_gpus([device_key(0, "node-a"), device_key(0, "node-b")], (0, 4))  # a CFG pair across two nodes
+    check_distinct_gpus([device_key(0, "node-a"), device_key(1, "node-a")], (0, 1))
+    check_distinct_gpus([device_key(-1), device_key(-1)], (0, 1))  # CPU ranks

@@ -28,6 +28,7 @@ from ._pipeline import install_pipeline_hooks
 from ._refusals import (
     check_devices,
     check_distinct_gpus,
+    device_key,
     check_not_parallelized,
     check_pipeline,
     check_style,
@@ -433,8 +434,11 @@ def _mark(pipe: Any, handle: Parallelized) -> Parallelized:
 
 
 def _device_index(found: dict[str, torch.nn.Module]) -> int:
+    """This rank's GPU as one number for the set-up handshake: the host and the cuda index
+    (:func:`xcfg._refusals.device_key`), or -1 when the denoisers are not on a GPU."""
     devices = [module_device(m) for m in found.values()]
-    return next((d.index if d.index is not None else torch.cuda.current_device() for d in devices if d and d.type == "cuda"), -1)
+    index = next((d.index if d.index is not None else torch.cuda.current_device() for d in devices if d and d.type == "cuda"), -1)
+    return device_key(index)
 
 
 def _fingerprint(specs: dict[str, ModelSpec | None], arguments: tuple[Any, ...] = ()) -> int:

@@ -189,16 +189,30 @@ def check_devices(found: dict[str, torch.nn.Module], source: Any) -> None:
                 )
 
 
+def device_key(index: int, host: str | None = None) -> int:
+    """A rank's GPU as one number that tells hosts apart: ``-1`` for no GPU, else a hash of the host name
+    (``socket.gethostname()`` by default) above the cuda index's 16 bits."""
+    if index < 0:
+        return -1
+    import socket
+    import zlib
+
+    name = socket.gethostname() if host is None else host
+    return ((zlib.crc32(name.encode()) & 0x7FFFFFFF) << 16) | index
+
+
 def check_distinct_gpus(devices: list[int], ranks: tuple[int, ...]) -> None:
-    """Refuse a CFG group whose ranks share a GPU (``devices``: each rank's cuda index, -1 for none).
+    """Refuse a CFG group whose ranks share a GPU (``devices``: each rank's :func:`device_key`, -1 for none):
+    the same cuda index on the same host. The same index on two hosts (a CFG pair across two nodes) is fine.
 
     Raises:
         SetupError: with how to give each rank its own GPU.
     """
     cuda = [d for d in devices if d >= 0]
     if len(set(cuda)) < len(cuda):
+        indices = [d & 0xFFFF if d >= 0 else -1 for d in devices]
         raise SetupError(
-            f"xcfg: several ranks of the CFG group {list(ranks)} put their pipeline on the same GPU "
-            f"(cuda indices {devices}). Give each rank its own: torch.cuda.set_device(local_rank) and "
+            f"xcfg: several ranks of the CFG group {list(ranks)} put their pipeline on the same GPU of one host "
+            f"(cuda indices {indices}). Give each rank its own: torch.cuda.set_device(local_rank) and "
             "pipe.to(f'cuda:{local_rank}'), or let xcfg.init_distributed() pick the device."
         )
