@@ -127,6 +127,10 @@ CONFIGS: dict[str, dict[str, Any]] = {
     },
 }
 
+# The full example's denoiser parameter count, as the comment above states it (tests/test_full_configs.py builds it
+# on the meta device and compares)
+PARAMETERS: dict[str, dict[str, float]] = {"wan": {"transformer": 14.3e9}}
+
 VARIANTS: dict[str, dict[str, Any]] = {
     "t2v": dict(title="Wan 2.1 T2V"),
     # Wan 2.2 A14B: a high-noise and a low-noise expert, switched at t = 0.875 * 1000
