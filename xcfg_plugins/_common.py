@@ -8,6 +8,15 @@ import torch
 
 SIZES = ("tiny", "small", "full")
 
+# The FLUX.1 VAE (black-forest-labs/FLUX.1-dev vae/config.json, as Alpha-VLLM/Lumina-Image-2.0's vae/config.json copies
+# it): 16 latent channels, 8x downsampling; the full examples of the FLUX.1-derived models decode with it
+FLUX1_VAE = dict(
+    in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(128, 256, 512, 512), layers_per_block=2, act_fn="silu", latent_channels=16, norm_num_groups=32,
+    sample_size=1024, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False,
+    mid_block_add_attention=True, force_upcast=True,
+)
+
 
 def resolve(size: str, device: Any, dtype: Any) -> tuple[torch.device, torch.dtype]:
     """Check ``size`` and pick defaults: the CPU in float32 for tiny builds, CUDA in bfloat16 for full ones."""

@@ -62,6 +62,11 @@ CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
+# The full example's denoiser parameter count, as the comment above states it (tests/test_full_configs.py builds
+# it on the meta device and compares)
+PARAMETERS: dict[str, dict[str, float]] = {"auraflow": {"transformer": 6.8e9}}
+
+
 def build(*, size: str = "tiny", device: Any = None, dtype: Any = None, seed: int = 0) -> xcfg.ExampleRun:
     """An AuraFlow pipeline with random weights and random prompt embeddings."""
     from diffusers import AuraFlowPipeline, AuraFlowTransformer2DModel, AutoencoderKL, FlowMatchEulerDiscreteScheduler

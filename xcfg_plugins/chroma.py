@@ -54,7 +54,27 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "text": (8, 32),
         "description": "Chroma, tiny (1+1 layers), 32x32",
     },
+    # lodestones/Chroma1-HD (the high-resolution finetune of lodestones/Chroma, the pipeline docstring's checkpoint):
+    # transformer/config.json as ChromaTransformer2DModel's defaults give it (8.9B parameters: 19 double and 38
+    # single FLUX.1 blocks of 24 heads of 128 and the 5-layer modulation approximator), the FLUX.1 VAE (Chroma is
+    # FLUX.1-based: in_channels 64 = its 16 latent channels in 2x2 patches). 1024x1024 (default_sample_size 128 x 8),
+    # 40 steps at guidance 3.0 (diffusers' Chroma example); T5-XXL embeddings of max_sequence_length 512.
+    "full": {
+        "transformer": dict(
+            patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+            num_attention_heads=24, joint_attention_dim=4096, axes_dims_rope=(16, 56, 56), approximator_hidden_dim=5120,
+            approximator_layers=5, approximator_num_channels=64,
+        ),
+        "vae": _common.FLUX1_VAE,
+        "call": dict(height=1024, width=1024, num_inference_steps=40, guidance_scale=3.0, max_sequence_length=512),
+        "text": (512, 4096),
+        "description": "Chroma1-HD (8.9B), 1024x1024",
+    },
 }
+
+# The full example's denoiser parameter count, as the comment above states it (tests/test_full_configs.py builds it
+# on the meta device and compares)
+PARAMETERS: dict[str, dict[str, float]] = {"chroma": {"transformer": 8.9e9}}
 
 
 def build(*, size: str = "tiny", device: Any = None, dtype: Any = None, seed: int = 0) -> xcfg.ExampleRun:
@@ -89,7 +109,9 @@ def build(*, size: str = "tiny", device: Any = None, dtype: Any = None, seed: in
 
 
 EXAMPLES = (
-    xcfg.Example(name="chroma", summary="Chroma text-to-image (two-call CFG, no cache_context)", build=build),
+    xcfg.Example(
+        name="chroma", summary="Chroma text-to-image (two-call CFG, no cache_context)", build=build, sizes=tuple(CONFIGS)
+    ),
 )
 
 # -- hooks -------------------------------------------------------------------------------------------

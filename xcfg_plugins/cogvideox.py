@@ -90,6 +90,11 @@ CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
+# The full example's denoiser parameter count, as the comment above states it (tests/test_full_configs.py builds
+# it on the meta device and compares)
+PARAMETERS: dict[str, dict[str, float]] = {"cogvideox": {"transformer": 5.57e9}}
+
+
 def build(*, size: str = "tiny", device: Any = None, dtype: Any = None, seed: int = 0) -> xcfg.ExampleRun:
     """A CogVideoX text-to-video pipeline with random weights and random prompt embeddings."""
     import diffusers

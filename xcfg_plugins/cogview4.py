@@ -31,6 +31,11 @@ SPECS = (
 
 # -- examples ----------------------------------------------------------------------------------------
 
+# THUDM/CogView4-6B: scheduler/scheduler_config.json (linear time shift on the image sequence length)
+_SCHEDULER = dict(
+    base_shift=0.25, max_shift=0.75, base_image_seq_len=256, use_dynamic_shifting=True, time_shift_type="linear",
+)
+
 CONFIGS: dict[str, dict[str, Any]] = {
     "tiny": {
         "transformer": dict(
@@ -41,15 +46,36 @@ CONFIGS: dict[str, dict[str, Any]] = {
             block_out_channels=[8, 8], in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
             up_block_types=["UpDecoderBlock2D"] * 2, latent_channels=4, norm_num_groups=2, sample_size=32,
         ),
-        # THUDM/CogView4-6B: scheduler/scheduler_config.json (linear time shift on the image sequence length)
-        "scheduler": dict(
-            base_shift=0.25, max_shift=0.75, base_image_seq_len=256, use_dynamic_shifting=True, time_shift_type="linear",
-        ),
+        "scheduler": _SCHEDULER,
         "call": dict(height=32, width=32, num_inference_steps=4, guidance_scale=5.0),
         "text": (16, 32),
         "description": "CogView4, tiny (2 layers), 32x32",
     },
+    # THUDM/CogView4-6B: the transformer and VAE as diffusers' scripts/convert_cogview4_to_diffusers.py builds them
+    # (6.37B parameters: 28 layers of 32 heads of 128, GLM-4-9B text width 4096; sample_size and rope_axes_dim the
+    # class defaults), and the scheduler above (the script's). 1024x1024 (sample_size 128 x 8), 50 steps at
+    # guidance 5.0 (the pipeline's defaults); GLM-4 prompt embeddings of the default max_sequence_length 1024.
+    "full": {
+        "transformer": dict(
+            patch_size=2, in_channels=16, num_layers=28, attention_head_dim=128, num_attention_heads=32, out_channels=16,
+            text_embed_dim=4096, time_embed_dim=512, condition_dim=256, pos_embed_max_size=128,
+        ),
+        "vae": dict(
+            in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 512, 1024, 1024), layers_per_block=3,
+            act_fn="silu", latent_channels=16, norm_num_groups=32, sample_size=1024, scaling_factor=1.0, shift_factor=0.0,
+            force_upcast=True, use_quant_conv=False, use_post_quant_conv=False, mid_block_add_attention=False,
+        ),
+        "scheduler": _SCHEDULER,
+        "call": dict(height=1024, width=1024, num_inference_steps=50, guidance_scale=5.0, max_sequence_length=1024),
+        "text": (1024, 4096),
+        "description": "CogView4-6B, 1024x1024",
+    },
 }
+
+# The full example's denoiser parameter count, as the comment above states it (tests/test_full_configs.py builds it
+# on the meta device and compares)
+PARAMETERS: dict[str, dict[str, float]] = {"cogview4": {"transformer": 6.37e9}}
 
 
 def build(*, size: str = "tiny", device: Any = None, dtype: Any = None, seed: int = 0) -> xcfg.ExampleRun:

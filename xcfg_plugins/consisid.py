@@ -47,6 +47,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "face": dict(id_vit_hidden=(1, 2, 2), id_cond=(1, 2)),
         "description": "ConsisID, tiny (1 layer), 8 frames 16x16",
     },
+    # No "full" size: BestWishYsh/ConsisID-preview's transformer/config.json was not found (the class defaults are a
+    # CogVideoX-2B-like shape without the face modules, not the published model), so it is not written down here.
 }
 
 

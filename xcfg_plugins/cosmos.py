@@ -88,7 +88,35 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "text": (8, 32),
         "description": "Cosmos Predict 2.5, tiny (2 layers), 5 frames 32x32",
     },
+    # nvidia/Cosmos-Predict2.5-2B: the transformer as diffusers' scripts/convert_cosmos_to_diffusers.py writes it for
+    # "Cosmos-2.5-Predict-Base-2B" (2.06B parameters: 28 blocks of 16 heads of 128; the prompt embeddings, all 28
+    # hidden states of the Cosmos-Reason1-7B text encoder (Qwen2.5-VL-7B, 3584 wide) concatenated to 100352, are
+    # projected to 1024). Its padding-mask channel (concat_padding_mask) is resized with torchvision in the forward:
+    # the full example needs torchvision installed (the GPU machines have it; xcfg does not depend on it, so the
+    # tiny config leaves the channel out). The Wan 2.1 VAE (the class defaults; the script takes
+    # Wan2.1-T2V-1.3B's) and the script's UniPC scheduler. Text2World at the pipeline's defaults: 93 frames
+    # 704x1280, 36 steps at guidance 7.0, prompts of max_sequence_length 512.
+    "full": {
+        "transformer": dict(
+            in_channels=16 + 1, out_channels=16, num_attention_heads=16, attention_head_dim=128, num_layers=28,
+            mlp_ratio=4.0, text_embed_dim=1024, adaln_lora_dim=256, max_size=(128, 240, 240), patch_size=(1, 2, 2),
+            rope_scale=(1.0, 3.0, 3.0), concat_padding_mask=True, extra_pos_embed_type=None,
+            use_crossattn_projection=True, crossattn_proj_in_channels=100352, encoder_hidden_states_channels=1024,
+        ),
+        "vae": {},
+        "scheduler": dict(
+            use_karras_sigmas=True, use_flow_sigmas=True, prediction_type="flow_prediction", sigma_max=200.0,
+            sigma_min=0.01,
+        ),
+        "call": dict(height=704, width=1280, num_frames=93, num_inference_steps=36, guidance_scale=7.0),
+        "text": (512, 100352),
+        "description": "Cosmos-Predict2.5-2B, 93 frames 704x1280",
+    },
 }
+
+# The full example's denoiser parameter count, as the comment above states it (tests/test_full_configs.py builds it
+# on the meta device and compares)
+PARAMETERS: dict[str, dict[str, float]] = {"cosmos2.5": {"transformer": 2.06e9}}
 
 
 def _pass_through_safety_checker() -> Any:
@@ -133,7 +161,7 @@ def build(*, size: str = "tiny", device: Any = None, dtype: Any = None, seed: in
             tokenizer=None,
             transformer=CosmosTransformer3DModel(**config["transformer"]),
             vae=AutoencoderKLWan(**config["vae"]),
-            scheduler=UniPCMultistepScheduler(),
+            scheduler=UniPCMultistepScheduler(**config.get("scheduler", {})),
             safety_checker=_pass_through_safety_checker(),
         )
 
@@ -143,7 +171,9 @@ def build(*, size: str = "tiny", device: Any = None, dtype: Any = None, seed: in
 
 
 EXAMPLES = (
-    xcfg.Example(name="cosmos2.5", summary="Cosmos Predict 2.5 text-to-world (two-call CFG)", build=build),
+    xcfg.Example(
+        name="cosmos2.5", summary="Cosmos Predict 2.5 text-to-world (two-call CFG)", build=build, sizes=tuple(CONFIGS)
+    ),
 )
 
 # -- hooks -------------------------------------------------------------------------------------------

@@ -87,7 +87,32 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "text": (8, 6, 16),
         "description": "FLUX.2 Klein, tiny (1+1 layers), 32x32",
     },
+    # black-forest-labs/FLUX.2-klein-base-9B (the pipeline docstring's checkpoint): the transformer as diffusers'
+    # scripts/convert_flux2_to_diffusers.py writes it for "klein-9b" (9.08B parameters: 8 double and 24 single
+    # blocks of 32 heads of 128; joint_attention_dim 12288 = 3 Qwen3-8B hidden states of 4096, layers 9, 18, 27);
+    # the VAE as the class defaults give it (the script builds AutoencoderKLFlux2() and loads the checkpoint into
+    # it), and the FLUX.1-dev scheduler config the script reuses. 1024x1024 (default_sample_size 128 x 8), 50 steps
+    # at guidance 4.0; prompts padded to max_sequence_length 512.
+    "full": {
+        "transformer": dict(
+            patch_size=1, in_channels=128, num_layers=8, num_single_layers=24, attention_head_dim=128,
+            num_attention_heads=32, joint_attention_dim=12288, timestep_guidance_channels=256, mlp_ratio=3.0,
+            axes_dims_rope=(32, 32, 32, 32), rope_theta=2000, eps=1e-6,
+        ),
+        "vae": {},
+        "scheduler": dict(
+            use_dynamic_shifting=True, shift=3.0, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+            max_image_seq_len=4096,
+        ),
+        "call": dict(height=1024, width=1024, num_inference_steps=50, guidance_scale=4.0, max_sequence_length=512),
+        "text": (512, 512, 12288),
+        "description": "FLUX.2 Klein base 9B, 1024x1024",
+    },
 }
+
+# The full example's denoiser parameter count, as the comment above states it (tests/test_full_configs.py builds it
+# on the meta device and compares)
+PARAMETERS: dict[str, dict[str, float]] = {"flux2-klein": {"transformer": 9.08e9}}
 
 
 def build(

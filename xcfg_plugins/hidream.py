@@ -53,7 +53,31 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "text": ((6, 8), (2, 6, 16), 16),
         "description": "HiDream-I1, tiny (1 dual + 1 single layer, 4 experts), 16x16",
     },
+    # HiDream-ai/HiDream-I1-Full (the pipeline docstring's checkpoint): transformer/config.json as published for the
+    # HiDream-I1 models (read from a Hub copy of HiDream-I1-Dev's; Full, Dev and Fast share the architecture and
+    # differ in their step counts): 17.1B parameters, 16 dual-stream and 32 single-stream blocks of 20 heads of 128,
+    # MoE feed-forwards of 4 routed experts (2 active), T5 and Llama caption widths 4096, the Llama layers 0-31 (then
+    # 31 repeated), max_resolution 128x128 latent patches. The FLUX.1 VAE (the tiny example's scaling and shift
+    # factors). 1024x1024, 50 steps at guidance 5.0 (the docstring's call). Prompt embeddings of
+    # max_sequence_length 128: T5-XXL (4096), the 32 hidden states of Llama-3.1-8B-Instruct (4096) and the pooled
+    # CLIP-L + CLIP-G embeddings (768 + 1280 = 2048).
+    "full": {
+        "transformer": dict(
+            patch_size=2, in_channels=16, out_channels=16, num_layers=16, num_single_layers=32, attention_head_dim=128,
+            num_attention_heads=20, caption_channels=[4096, 4096], text_emb_dim=2048, num_routed_experts=4,
+            num_activated_experts=2, axes_dims_rope=(64, 32, 32), max_resolution=(128, 128),
+            llama_layers=list(range(32)) + [31] * 16,
+        ),
+        "vae": _common.FLUX1_VAE,
+        "call": dict(height=1024, width=1024, num_inference_steps=50, guidance_scale=5.0, max_sequence_length=128),
+        "text": ((128, 4096), (32, 128, 4096), 2048),
+        "description": "HiDream-I1-Full (17B), 1024x1024",
+    },
 }
+
+# The full example's denoiser parameter count, as the comment above states it (tests/test_full_configs.py builds it
+# on the meta device and compares)
+PARAMETERS: dict[str, dict[str, float]] = {"hidream": {"transformer": 17.1e9}}
 
 
 def build(*, size: str = "tiny", device: Any = None, dtype: Any = None, seed: int = 0) -> xcfg.ExampleRun:

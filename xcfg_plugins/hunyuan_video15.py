@@ -58,7 +58,33 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "text": ((8, 6, 16), (4, 3, 32)),
         "description": "HunyuanVideo 1.5, tiny (2 layers), 9 frames 16x16",
     },
+    # hunyuanvideo-community/HunyuanVideo-1.5-480p_t2v (the pipeline docstring's checkpoint): the transformer as
+    # diffusers' scripts/convert_hunyuan_video1_5_to_diffusers.py writes it for "480p_t2v" (the class defaults with
+    # target_size 640 and task_type "i2v", as the script has it; the model does not read task_type): 8.33B
+    # parameters, 54 double-stream blocks of 16 heads of 128. The VAE as the class defaults give it (the script
+    # builds AutoencoderKLHunyuanVideo15()), the scheduler's shift 5.0 and the guider's scale 6.0 from the script's
+    # 480p_t2v entries. 121 frames (the pipeline's default) at 480x848 (the pipeline's default size for target_size
+    # 640, 16:9), 50 steps. Prompt embeddings: Qwen2.5-VL-7B (1000 tokens, the pipeline's tokenizer_max_length, of
+    # 3584) and the Glyph ByT5 encoder (256 tokens of 1472).
+    "full": {
+        "transformer": dict(
+            in_channels=65, out_channels=32, num_attention_heads=16, attention_head_dim=128, num_layers=54,
+            num_refiner_layers=2, mlp_ratio=4.0, patch_size=1, patch_size_t=1, qk_norm="rms_norm", text_embed_dim=3584,
+            text_embed_2_dim=1472, image_embed_dim=1152, rope_theta=256.0, rope_axes_dim=(16, 56, 56), target_size=640,
+            task_type="i2v",
+        ),
+        "vae": {},
+        "scheduler": dict(shift=5.0),
+        "guidance_scale": 6.0,
+        "call": dict(height=480, width=848, num_frames=121, num_inference_steps=50),
+        "text": ((1000, 1000, 3584), (256, 256, 1472)),
+        "description": "HunyuanVideo 1.5 480p T2V (8.3B), 121 frames 480x848",
+    },
 }
+
+# The full example's denoiser parameter count, as the comment above states it (tests/test_full_configs.py builds it
+# on the meta device and compares)
+PARAMETERS: dict[str, dict[str, float]] = {"hunyuan-video15": {"transformer": 8.33e9}}
 
 
 def build(*, size: str = "tiny", device: Any = None, dtype: Any = None, seed: int = 0) -> xcfg.ExampleRun:
@@ -111,6 +137,7 @@ EXAMPLES = (
         name="hunyuan-video15",
         summary="HunyuanVideo 1.5 text-to-video, CFG through a ClassifierFreeGuidance guider (two-call CFG)",
         build=build,
+        sizes=tuple(CONFIGS),
     ),
 )
 

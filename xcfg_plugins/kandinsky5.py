@@ -32,6 +32,8 @@ SPECS = (
 
 # -- examples ----------------------------------------------------------------------------------------
 
+_SCHEDULER = dict(shift=7.0)  # as diffusers' Kandinsky 5 pipeline tests build it
+
 CONFIGS: dict[str, dict[str, Any]] = {
     "tiny": {
         "transformer": dict(
@@ -45,13 +47,39 @@ CONFIGS: dict[str, dict[str, Any]] = {
             scaling_factor=0.476986, spatial_compression_ratio=8, temporal_compression_ratio=4,
             up_block_types=["HunyuanVideoUpBlock3D"] * 2,
         ),
-        "scheduler": dict(shift=7.0),
+        "scheduler": _SCHEDULER,
         "call": dict(height=32, width=32, num_frames=5, num_inference_steps=4, guidance_scale=5.0),
         # (prompt tokens, negative prompt tokens, Qwen width, CLIP pooled width)
         "text": (8, 6, 32, 16),
         "description": "Kandinsky 5 T2V, tiny (1+2 blocks), 5 frames 32x32",
     },
+    # kandinskylab/Kandinsky-5.0-T2V-Lite-sft-5s-Diffusers (the pipeline docstring's checkpoint): the transformer as
+    # the Kandinsky 5 repository's default Lite config gives it (its get_default_conf: model_dim 1792, ff_dim 7168,
+    # 2 text and 32 visual blocks, axes (16, 24, 24), visual_cond, Qwen2.5-VL 3584 and CLIP 768 text widths; the
+    # 5 s models use regular attention): 2.01B parameters. The HunyuanVideo VAE (AutoencoderKLHunyuanVideo's
+    # defaults: 16 latent channels, scaling 0.476986). 121 frames 512x768, 50 steps at guidance 5.0 (the pipeline's
+    # defaults and diffusers' Lite example); prompts of max_sequence_length 512. The scheduler is the tiny example's
+    # (shift 7.0, diffusers' test value): the published scheduler config was not found; the shift moves the
+    # timesteps, not the cost of a step.
+    "full": {
+        "transformer": dict(
+            in_visual_dim=16, in_text_dim=3584, in_text_dim2=768, time_dim=512, out_visual_dim=16, patch_size=(1, 2, 2),
+            model_dim=1792, ff_dim=7168, num_text_blocks=2, num_visual_blocks=32, axes_dims=(16, 24, 24),
+            visual_cond=True, attention_type="regular",
+        ),
+        "vae": {},
+        "scheduler": _SCHEDULER,
+        "call": dict(
+            height=512, width=768, num_frames=121, num_inference_steps=50, guidance_scale=5.0, max_sequence_length=512,
+        ),
+        "text": (512, 512, 3584, 768),
+        "description": "Kandinsky 5.0 T2V Lite (2B), 121 frames 512x768",
+    },
 }
+
+# The full example's denoiser parameter count, as the comment above states it (tests/test_full_configs.py builds it
+# on the meta device and compares)
+PARAMETERS: dict[str, dict[str, float]] = {"kandinsky5": {"transformer": 2.01e9}}
 
 
 def build(*, size: str = "tiny", device: Any = None, dtype: Any = None, seed: int = 0) -> xcfg.ExampleRun:
@@ -98,7 +126,10 @@ def build(*, size: str = "tiny", device: Any = None, dtype: Any = None, seed: in
 
 
 EXAMPLES = (
-    xcfg.Example(name="kandinsky5", summary="Kandinsky 5 text-to-video (two-call CFG, no cache_context)", build=build),
+    xcfg.Example(
+        name="kandinsky5", summary="Kandinsky 5 text-to-video (two-call CFG, no cache_context)", build=build,
+        sizes=tuple(CONFIGS),
+    ),
 )
 
 # -- hooks -------------------------------------------------------------------------------------------

@@ -127,6 +127,11 @@ CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
+# The full example's denoiser parameter count, as the comment above states it (tests/test_full_configs.py builds
+# it on the meta device and compares)
+PARAMETERS: dict[str, dict[str, float]] = {"ltx2": {"transformer": 19e9}}
+
+
 def build(*, size: str = "tiny", device: Any = None, dtype: Any = None, seed: int = 0) -> xcfg.ExampleRun:
     """An LTX-2 text-to-video-and-audio pipeline with random weights and random prompt features."""
     from diffusers import (

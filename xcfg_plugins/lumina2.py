@@ -53,7 +53,26 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "text": (8, 8),
         "description": "Lumina-Image 2.0, tiny (2 layers), 32x32",
     },
+    # Alpha-VLLM/Lumina-Image-2.0: transformer/config.json (2.61B parameters: 26 layers of 24 heads (8 key/value
+    # heads) of 96, cap_feat_dim 2304 = Gemma-2-2B's hidden size; axes_lens (300, 512, 512): up to 299 caption
+    # tokens and 512x512 patches) and vae/config.json (the FLUX.1 VAE). 1024x1024 (sample_size 128 x 8), 30 steps
+    # at guidance 4.0 and prompts of max_sequence_length 256: the pipeline's defaults.
+    "full": {
+        "transformer": dict(
+            sample_size=128, patch_size=2, in_channels=16, out_channels=None, hidden_size=2304, num_layers=26,
+            num_refiner_layers=2, num_attention_heads=24, num_kv_heads=8, multiple_of=256, ffn_dim_multiplier=None,
+            norm_eps=1e-5, scaling_factor=1.0, axes_dim_rope=(32, 32, 32), axes_lens=(300, 512, 512), cap_feat_dim=2304,
+        ),
+        "vae": _common.FLUX1_VAE,
+        "call": dict(height=1024, width=1024, num_inference_steps=30, guidance_scale=4.0, max_sequence_length=256),
+        "text": (256, 2304),
+        "description": "Lumina-Image 2.0 (2.6B), 1024x1024",
+    },
 }
+
+# The full example's denoiser parameter count, as the comment above states it (tests/test_full_configs.py builds it
+# on the meta device and compares)
+PARAMETERS: dict[str, dict[str, float]] = {"lumina2": {"transformer": 2.61e9}}
 
 
 def build(*, size: str = "tiny", device: Any = None, dtype: Any = None, seed: int = 0) -> xcfg.ExampleRun:
@@ -85,7 +104,10 @@ def build(*, size: str = "tiny", device: Any = None, dtype: Any = None, seed: in
 
 
 EXAMPLES = (
-    xcfg.Example(name="lumina2", summary="Lumina-Image 2.0 text-to-image (two-call CFG, CFG truncation)", build=build),
+    xcfg.Example(
+        name="lumina2", summary="Lumina-Image 2.0 text-to-image (two-call CFG, CFG truncation)", build=build,
+        sizes=tuple(CONFIGS),
+    ),
 )
 
 # -- hooks -------------------------------------------------------------------------------------------

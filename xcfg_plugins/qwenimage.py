@@ -49,6 +49,12 @@ SPECS = (
 
 # -- examples ----------------------------------------------------------------------------------------
 
+# Qwen/Qwen-Image: scheduler/scheduler_config.json (resolution-dependent exponential shift)
+_SCHEDULER = dict(
+    use_dynamic_shifting=True, time_shift_type="exponential", base_shift=0.5, max_shift=0.9, base_image_seq_len=256,
+    max_image_seq_len=8192, shift_terminal=0.02,
+)
+
 CONFIGS: dict[str, dict[str, Any]] = {
     "tiny": {
         # in_channels = 4 * the VAE's z_dim: the latents are packed in 2x2 patches
@@ -60,15 +66,27 @@ CONFIGS: dict[str, dict[str, Any]] = {
             base_dim=8, z_dim=4, dim_mult=[1, 2, 4], num_res_blocks=1, temperal_downsample=[False, True],
             latents_mean=[0.0] * 4, latents_std=[1.0] * 4,
         ),
-        # Qwen/Qwen-Image: scheduler/scheduler_config.json (resolution-dependent exponential shift)
-        "scheduler": dict(
-            use_dynamic_shifting=True, time_shift_type="exponential", base_shift=0.5, max_shift=0.9,
-            base_image_seq_len=256, max_image_seq_len=8192, shift_terminal=0.02,
-        ),
+        "scheduler": _SCHEDULER,
         "call": dict(height=32, width=32, num_inference_steps=4, true_cfg_scale=4.0, max_sequence_length=16),
         # (prompt tokens, negative prompt tokens, width): a short negative prompt, as " " gives in practice
         "text": (8, 5, 16),
         "description": "Qwen-Image, tiny (2 layers), 32x32",
+    },
+    # Qwen/Qwen-Image: transformer/config.json as the class defaults give it (20.4B parameters: 60 dual-stream blocks
+    # of 24 heads of 128, joint_attention_dim 3584 = Qwen2.5-VL-7B's hidden size), vae/config.json as the
+    # AutoencoderKLQwenImage defaults give it, and scheduler/scheduler_config.json (above). 1024x1024
+    # (default_sample_size 128 x 8), 50 steps at true_cfg_scale 4.0 (the pipeline's defaults); prompt and negative
+    # prompt at the pipeline's default max_sequence_length 512 (it pads to the longest prompt: 512 is the most).
+    "full": {
+        "transformer": dict(
+            patch_size=2, in_channels=64, out_channels=16, num_layers=60, attention_head_dim=128, num_attention_heads=24,
+            joint_attention_dim=3584, axes_dims_rope=(16, 56, 56),
+        ),
+        "vae": {},
+        "scheduler": _SCHEDULER,
+        "call": dict(height=1024, width=1024, num_inference_steps=50, true_cfg_scale=4.0, max_sequence_length=512),
+        "text": (512, 512, 3584),
+        "description": "Qwen-Image (20B), 1024x1024",
     },
 }
 
@@ -90,6 +108,12 @@ CONFIGS_21: dict[str, dict[str, Any]] = {
         "description": "Qwen-Image 2.1, tiny (2 layers), 64x64, per-branch KV caches",
     },
 }
+
+# The full example's denoiser parameter count, as the comment above states it (tests/test_full_configs.py builds it
+# on the meta device and compares). Qwen-Image 2.1 has no full size: its transformer config is known only from
+# third-party copies, and its published sampling (sample_sigmas; true_cfg_scale, whose pipeline default 1.0 turns
+# CFG off), VAE config and prompt length were not found.
+PARAMETERS: dict[str, dict[str, float]] = {"qwenimage": {"transformer": 20.43e9}}
 
 
 def build(*, size: str = "tiny", device: Any = None, dtype: Any = None, seed: int = 0) -> xcfg.ExampleRun:

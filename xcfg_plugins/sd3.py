@@ -95,6 +95,11 @@ CONFIGS_SD35_LARGE: dict[str, dict[str, Any]] = {
 }
 
 
+# The full examples' denoiser parameter counts, as the comments above state them (tests/test_full_configs.py builds
+# them on the meta device and compares)
+PARAMETERS: dict[str, dict[str, float]] = {"sd3": {"transformer": 2.03e9}, "sd3.5-large": {"transformer": 8.06e9}}
+
+
 def build(
     *, size: str = "tiny", device: Any = None, dtype: Any = None, seed: int = 0, configs: dict[str, Any] | None = None
 ) -> xcfg.ExampleRun:

@@ -43,7 +43,25 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "text": (8, 16),
         "description": "SkyReels V2 T2V, tiny (2 layers), 9 frames 32x32",
     },
+    # Skywork/SkyReels-V2-T2V-14B-540P: the transformer as diffusers' scripts/convert_skyreelsv2_to_diffusers.py writes
+    # it ("SkyReels-V2-T2V-14B-540P": Wan 2.1 14B's config, inject_sample_info False: 14.3B parameters), the Wan 2.1
+    # VAE (the script converts Wan's), UniPC with flow prediction at flow shift 8.0 ("8.0 for T2V", the pipeline
+    # docstring). 97 frames 544x960, 50 steps at guidance 6.0 (the pipeline's defaults); UMT5 embeddings (512, 4096).
+    "full": {
+        "transformer": {**wan.CONFIGS["full"]["transformer"], "inject_sample_info": False},
+        "vae": wan.CONFIGS["full"]["vae"],
+        "scheduler": dict(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=8.0),
+        "call": dict(
+            height=544, width=960, num_frames=97, num_inference_steps=50, guidance_scale=6.0, max_sequence_length=512,
+        ),
+        "text": (512, 4096),
+        "description": "SkyReels-V2-T2V-14B-540P, 97 frames 544x960",
+    },
 }
+
+# The full example's denoiser parameter count, as the comment above states it (tests/test_full_configs.py builds it
+# on the meta device and compares)
+PARAMETERS: dict[str, dict[str, float]] = {"skyreels-v2": {"transformer": 14.3e9}}
 
 
 def build(*, size: str = "tiny", device: Any = None, dtype: Any = None, seed: int = 0) -> xcfg.ExampleRun:
@@ -70,7 +88,7 @@ def build(*, size: str = "tiny", device: Any = None, dtype: Any = None, seed: in
 
 
 EXAMPLES = (
-    xcfg.Example(name="skyreels-v2", summary="SkyReels V2 text-to-video (two-call CFG)", build=build),
+    xcfg.Example(name="skyreels-v2", summary="SkyReels V2 text-to-video (two-call CFG)", build=build, sizes=tuple(CONFIGS)),
 )
 
 # -- hooks -------------------------------------------------------------------------------------------

@@ -65,6 +65,11 @@ CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
+# The full example's denoiser parameter count, as the comment above states it (tests/test_full_configs.py builds
+# it on the meta device and compares)
+PARAMETERS: dict[str, dict[str, float]] = {"stable-audio": {"transformer": 1.06e9}}
+
+
 def build(*, size: str = "tiny", device: Any = None, dtype: Any = None, seed: int = 0) -> xcfg.ExampleRun:
     """A Stable Audio Open pipeline with random weights and random T5 prompt embeddings."""
     from diffusers import AutoencoderOobleck, EDMDPMSolverMultistepScheduler, StableAudioDiTModel, StableAudioPipeline

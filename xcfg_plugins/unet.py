@@ -145,6 +145,9 @@ CONFIGS_SDXL: dict[str, dict[str, Any]] = {
     },
     # stabilityai/stable-diffusion-xl-base-1.0: unet/config.json (2.57B parameters), vae/config.json (scaling factor
     # 0.13025), prompt embeddings (77, 2048) (CLIP-L 768 + OpenCLIP-G 1280), pooled (1280); 1024x1024, guidance 5.0.
+    # sdxl-controlnet adds a ControlNet of the UNet's shape (ControlNetModel.from_unet: 1.25B parameters),
+    # sdxl-ip-adapter one IP-Adapter (an image projection to 4 tokens and key/value projections for every
+    # cross-attention: 351M parameters, 2.92B with the UNet).
     "full": {
         "unet": dict(
             sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
@@ -159,6 +162,16 @@ CONFIGS_SDXL: dict[str, dict[str, Any]] = {
         "text": (77, 2048, 1280),
         "description": "SDXL base 1.0, 1024x1024",
     },
+}
+
+
+# The full examples' denoiser parameter counts, as the comments above state them (tests/test_full_configs.py builds
+# them on the meta device and compares)
+PARAMETERS: dict[str, dict[str, float]] = {
+    "sd15": {"unet": 860e6},
+    "sdxl": {"unet": 2.57e9},
+    "sdxl-controlnet": {"unet": 2.57e9, "controlnet": 1.25e9},
+    "sdxl-ip-adapter": {"unet": 2.92e9},
 }
 
 

@@ -86,9 +86,12 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "call": dict(height=32, width=32, num_frames=9, num_inference_steps=4, guidance_scale=5.0, max_sequence_length=8),
         "text": (8, 16),
         "description": "tiny (2 layers), 9 frames 32x32",
-        # VACE: control blocks after layers 0 and 1; control channels = the encoded inactive and reactive video
-        # (2 x z_dim) + the mask folded to 8x8 = 64 channels (as in Wan2.1-VACE: 2 x 16 + 64 = 96)
-        "vace": dict(vace_layers=[0, 1], vace_in_channels=2 * 4 + 64),
+        # VACE, as Wan 2.2 VACE (two experts): control blocks after layers 0 and 1; control channels = the encoded
+        # inactive and reactive video (2 x z_dim) + the mask folded to 8x8 = 64 channels (as in Wan2.1-VACE: 2 x 16 + 64)
+        "vace": dict(
+            transformer=dict(vace_layers=[0, 1], vace_in_channels=2 * 4 + 64), variant="t2v-a14b",
+            description="Wan 2.2 VACE, tiny (2 layers), 9 frames 32x32",
+        ),
         # Animate: latents + reference/previous-segment conditioning (latents, mask) in the channels; a small
         # motion encoder on 16x16 face crops; 4-wide CLIP image embeddings
         "animate": dict(
@@ -103,6 +106,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
             ),
             call=dict(height=32, width=32, segment_frame_length=9, num_inference_steps=4, guidance_scale=5.0),
             face=16,
+            description="Wan-Animate, tiny (2 layers), 9 frames 32x32",
         ),
     },
     # Wan-AI/Wan2.1-T2V-14B-Diffusers: transformer/config.json (14.3B parameters; the class defaults), vae/config.json
@@ -124,7 +128,51 @@ CONFIGS: dict[str, dict[str, Any]] = {
         ),
         "text": (512, 4096),
         "description": "Wan2.1-T2V-14B, 33 frames 480x832",
+        # Wan-AI/Wan2.1-VACE-14B: the T2V 14B transformer above plus 8 VACE blocks after layers 0, 5, ..., 35 on 96
+        # control channels, as scripts/convert_wan_to_diffusers.py writes it for "Wan-VACE-14B" (17.34B parameters);
+        # one transformer (the script gives Wan 2.1 VACE no boundary_ratio), the VAE and scheduler above (flow shift
+        # 3.0, as the script sets for it). 81 frames 480x832, 50 steps at guidance 5.0: WanVACEPipeline's defaults.
+        "vace": dict(
+            transformer=dict(vace_layers=[0, 5, 10, 15, 20, 25, 30, 35], vace_in_channels=96), variant="t2v",
+            call=dict(
+                height=480, width=832, num_frames=81, num_inference_steps=50, guidance_scale=5.0,
+                max_sequence_length=512,
+            ),
+            description="Wan2.1-VACE-14B, 81 frames 480x832",
+        ),
+        # Wan-AI/Wan2.2-Animate-14B: the transformer as scripts/convert_wan_to_diffusers.py writes it for
+        # "Wan2.2-Animate-14B" (the 14B blocks above with 36 input channels, CLIP image cross-attention and the motion
+        # and face encoders: 17.27B parameters), flow shift 5.0 (the script's), the VAE above; the CLIP ViT-H/14 image
+        # encoder (laion/CLIP-ViT-H-14-laion2B-s32B-b79K, its vision config). Animation mode, one 77-frame segment at
+        # 720x1280 (WanAnimatePipeline's defaults), 512x512 face crops (motion_encoder_size); 50 steps at guidance
+        # 5.0, the CFG example of diffusers' Wan-Animate docs (the pipeline's default, 1.0, runs without CFG).
+        "animate": dict(
+            transformer=dict(
+                in_channels=36, latent_channels=16, image_dim=1280, added_kv_proj_dim=5120, motion_encoder_size=512,
+                motion_style_dim=512, motion_dim=20, motion_encoder_dim=512, face_encoder_hidden_dim=1024,
+                face_encoder_num_heads=4, inject_face_latents_blocks=5,
+            ),
+            image_encoder=dict(
+                hidden_size=1280, intermediate_size=5120, projection_dim=1024, num_hidden_layers=32,
+                num_attention_heads=16, image_size=224, patch_size=14, hidden_act="gelu", layer_norm_eps=1e-5,
+            ),
+            scheduler=dict(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0),
+            call=dict(
+                height=720, width=1280, segment_frame_length=77, num_inference_steps=50, guidance_scale=5.0,
+                max_sequence_length=512,
+            ),
+            face=512,
+            description="Wan2.2-Animate-14B, 77 frames 720x1280",
+        ),
     },
+}
+
+# The full examples' denoiser parameter counts, as the comments above state them (tests/test_full_configs.py builds
+# them on the meta device and compares)
+PARAMETERS: dict[str, dict[str, float]] = {
+    "wan": {"transformer": 14.3e9},
+    "wan-vace": {"transformer": 17.34e9},
+    "wan-animate": {"transformer": 17.27e9},
 }
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -223,31 +271,34 @@ def _text(config: dict[str, Any], seed: int, device: Any, dtype: Any) -> dict[st
 
 
 def build_vace(*, size: str = "tiny", device: Any = None, dtype: Any = None, seed: int = 0) -> xcfg.ExampleRun:
-    """A Wan 2.2 VACE pipeline (two experts) with random weights and prompt embeddings. No control video is
-    given, so the pipeline conditions on its default (a gray video, an all-ones mask): the control latents
-    are computed once and go to every call unchanged."""
+    """A Wan VACE pipeline with random weights and prompt embeddings: tiny as Wan 2.2 VACE (two experts), full
+    as Wan2.1-VACE-14B (one transformer). No control video is given, so the pipeline conditions on its default
+    (a gray video, an all-ones mask): the control latents are computed once and go to every call unchanged."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanVACEPipeline, WanVACETransformer3DModel
 
     device, dtype = _common.resolve(size, device, dtype)
-    if size != "tiny":
+    if "vace" not in CONFIGS.get(size, {}):
         raise ValueError(f"the Wan VACE example has no size {size!r}")
-    config, spec = CONFIGS[size], VARIANTS["t2v-a14b"]
-    transformer_config = {**config["transformer"], **config["vace"]}
+    config = CONFIGS[size]
+    vace = config["vace"]
+    spec = VARIANTS[vace["variant"]]
+    transformer_config = {**config["transformer"], **vace["transformer"]}
 
     def make() -> Any:
-        return WanVACEPipeline(
+        parts: dict[str, Any] = dict(
             tokenizer=None,
             text_encoder=None,
             vae=AutoencoderKLWan(**config["vae"]),
             scheduler=UniPCMultistepScheduler(**config["scheduler"]),
             transformer=WanVACETransformer3DModel(**transformer_config),
-            transformer_2=WanVACETransformer3DModel(**transformer_config),
-            boundary_ratio=spec["boundary_ratio"],
         )
+        if spec.get("experts") == 2:
+            parts.update(transformer_2=WanVACETransformer3DModel(**transformer_config), boundary_ratio=spec["boundary_ratio"])
+        return WanVACEPipeline(**parts)
 
     pipe = _common.build_on(device, dtype, make, seed)
-    kwargs = {**config["call"], **spec["call"], **_text(config, seed, device, dtype)}
-    return xcfg.ExampleRun(pipe=pipe, kwargs=kwargs, description=f"Wan 2.2 VACE, {config['description']}", output="frames")
+    kwargs = {**vace.get("call", config["call"]), **spec.get("call", {}), **_text(config, seed, device, dtype)}
+    return xcfg.ExampleRun(pipe=pipe, kwargs=kwargs, description=vace["description"], output="frames")
 
 
 def build_animate(*, size: str = "tiny", device: Any = None, dtype: Any = None, seed: int = 0) -> xcfg.ExampleRun:
@@ -264,7 +315,7 @@ def build_animate(*, size: str = "tiny", device: Any = None, dtype: Any = None, 
         from transformers import CLIPImageProcessor
 
     device, dtype = _common.resolve(size, device, dtype)
-    if size != "tiny":
+    if "animate" not in CONFIGS.get(size, {}):
         raise ValueError(f"the Wan-Animate example has no size {size!r}")
     config = CONFIGS[size]
     animate = config["animate"]
@@ -276,7 +327,7 @@ def build_animate(*, size: str = "tiny", device: Any = None, dtype: Any = None, 
             tokenizer=None,
             text_encoder=None,
             vae=AutoencoderKLWan(**config["vae"]),
-            scheduler=UniPCMultistepScheduler(**config["scheduler"]),
+            scheduler=UniPCMultistepScheduler(**animate.get("scheduler", config["scheduler"])),
             image_processor=CLIPImageProcessor(size={"shortest_edge": image}, crop_size={"height": image, "width": image}),
             image_encoder=CLIPVisionModel(CLIPVisionConfig(**animate["image_encoder"])),
             transformer=WanAnimateTransformer3DModel(**transformer_config),
@@ -294,7 +345,7 @@ def build_animate(*, size: str = "tiny", device: Any = None, dtype: Any = None, 
         image=image(side), pose_video=[image(side) for _ in range(frames)],
         face_video=[image(animate["face"]) for _ in range(frames)],
     )
-    return xcfg.ExampleRun(pipe=pipe, kwargs=kwargs, description=f"Wan-Animate, {config['description']}", output="frames")
+    return xcfg.ExampleRun(pipe=pipe, kwargs=kwargs, description=animate["description"], output="frames")
 
 
 EXAMPLES = (
@@ -318,13 +369,16 @@ EXAMPLES = (
     ),
     xcfg.Example(
         name="wan-vace",
-        summary="Wan 2.2 VACE: control video in both calls, two experts switched at boundary_ratio (two-call CFG)",
+        summary="Wan VACE: control video in both calls; tiny: Wan 2.2's two experts switched at boundary_ratio, "
+        "full: Wan2.1-VACE-14B (two-call CFG)",
         build=build_vace,
+        sizes=tuple(CONFIGS),
     ),
     xcfg.Example(
         name="wan-animate",
         summary="Wan-Animate: pose and face videos, the face blanked in the uncond call (two-call CFG)",
         build=build_animate,
+        sizes=tuple(CONFIGS),
     ),
 )
 
