@@ -765,7 +765,7 @@ def sdxl_controlnet_union() -> tuple[Any, dict[str, Any]]:
 
 
 CASES = [
-    # the plugins' examples (plugins unet, ltx2, auraflow, hidream, stable_audio, consisid)
+    # the plugins' examples (plugins unet, ltx2, auraflow, z_image, hidream, stable_audio, consisid)
     Case(pipeline="StableDiffusionPipeline", example="sd15"),
     Case(pipeline="StableDiffusionXLPipeline", example="sdxl"),
     Case(pipeline="StableDiffusionXLControlNetPipeline", example="sdxl-controlnet",
@@ -774,6 +774,7 @@ CASES = [
     Case(pipeline="LTX2Pipeline", example="ltx2", output="frames",
          note="STG and modality-isolation passes (batch B) run whole"),
     Case(pipeline="AuraFlowPipeline", example="auraflow"),
+    Case(pipeline="ZImagePipeline", example="z-image", note="plugin; the batch is lists of per-sample tensors (per_sample)"),
     Case(pipeline="HiDreamImagePipeline", example="hidream", note="Llama states batched in dim 1"),
     Case(pipeline="StableAudioPipeline", example="stable-audio", output="audios"),
     Case(pipeline="ConsisIDPipeline", example="consisid", output="frames", count_at="patch_embed",
