@@ -57,7 +57,7 @@ def time_steps(pipe: Any, kwargs: dict[str, Any], steps: int) -> list[float]:
     return [a.elapsed_time(b) / 1000 for a, b in zip(events, events[1:])]
 
 
-def measure(name: str, steps: int) -> dict[str, Any]:
+def measure(name: str, steps: int, warmup: int = 2) -> dict[str, Any]:
     import xcfg
     from _worker import _randomize_zero_weights
 
@@ -66,7 +66,7 @@ def measure(name: str, steps: int) -> dict[str, Any]:
     _randomize_zero_weights(run.pipe, 0)
     result: dict[str, Any] = {"example": name, "description": run.description}
     for label, kwargs in (("cfg_on", run.kwargs), ("cfg_off", cfg_off(run.kwargs))):
-        time_steps(run.pipe, kwargs, 2)  # warm-up
+        time_steps(run.pipe, kwargs, warmup)
         intervals = time_steps(run.pipe, kwargs, steps)
         result[label] = {"step_median_s": statistics.median(intervals[1:] or intervals), "intervals": intervals}
     result["ceiling"] = result["cfg_on"]["step_median_s"] / result["cfg_off"]["step_median_s"]
@@ -81,9 +81,9 @@ def measure(name: str, steps: int) -> dict[str, Any]:
 ROW = "ceiling-row: "
 
 
-def _isolated(name: str, steps: int, timeout: float) -> dict[str, Any]:
+def _isolated(name: str, steps: int, warmup: int, timeout: float) -> dict[str, Any]:
     """``measure(name)`` in a fresh process: its row, or the error, the exit status or the timeout."""
-    command = [sys.executable, __file__, name, "--one", "--steps", str(steps)]
+    command = [sys.executable, __file__, name, "--one", "--steps", str(steps), "--warmup", str(warmup)]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -100,6 +100,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("examples", nargs="+", help="example names with a 'full' size")
     parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=2, help="steps of the warm-up call before each timed one")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds for each example (default 300)")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # the per-example process
@@ -112,15 +113,16 @@ def main() -> int:
     card = torch.cuda.get_device_name(0)
     if args.one:
         try:
-            row = measure(args.examples[0], args.steps)
+            row = measure(args.examples[0], args.steps, args.warmup)
         except Exception as err:
             row = {"example": args.examples[0], "error": f"{type(err).__name__}: {err}"[:500]}
         print(ROW + json.dumps(row), flush=True)
         return 0
-    rows = [_isolated(name, args.steps, args.timeout) for name in args.examples]
+    rows = [_isolated(name, args.steps, args.warmup, args.timeout) for name in args.examples]
     import diffusers
 
-    meta = {"card": card, "torch": torch.__version__, "diffusers": diffusers.__version__, "steps": args.steps}
+    meta = {"card": card, "torch": torch.__version__, "diffusers": diffusers.__version__, "steps": args.steps,
+            "warmup": args.warmup}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "ceiling.json").write_text(json.dumps({"meta": meta, "models": rows}, indent=1) + "\n")
     print(f"\n{card}; torch {torch.__version__}, diffusers {diffusers.__version__}\n")
