@@ -105,11 +105,11 @@ class _Bench:
             final["latents"] = latents  # a new tensor every step: no copy needed
 
         call = dict(kwargs, num_inference_steps=steps, output_type="pt" if decode else "latent")
-        call.update(step_callback(pipe, on_step))
-        self.sync()
-        start = time.perf_counter()
-        first = mark()
-        result = pipe(**call, generator=torch.Generator().manual_seed(self.args.seed))
+        with step_callback(pipe, on_step) as extra:
+            self.sync()
+            start = time.perf_counter()
+            first = mark()
+            result = pipe(**call, **extra, generator=torch.Generator().manual_seed(self.args.seed))
         self.sync()
         end = time.perf_counter()
         if self.cuda:
@@ -288,14 +288,12 @@ class _Bench:
             torch.cuda.empty_cache()
 
 
-def step_callback(pipe: Any, on_step: Any) -> dict[str, Any]:
-    """The call arguments that make ``pipe`` call ``on_step(latents)`` at the end of every denoising step:
-    ``callback_on_step_end`` where the pipeline takes it, else the older ``callback`` with
-    ``callback_steps=1`` (Stable Audio).
-
-    Raises:
-        ValueError: the pipeline takes neither.
-    """
+@contextlib.contextmanager
+def step_callback(pipe: Any, on_step: Any) -> Any:
+    """Within the block, ``pipe`` calls ``on_step(latents)`` at the end of every denoising step; the block gets
+    the call arguments that arrange it: ``callback_on_step_end`` where the pipeline takes it, else the older
+    ``callback`` with ``callback_steps=1`` (Stable Audio), else none, with the scheduler's ``step`` wrapped
+    (HunyuanVideo 1.5, which calls back at no step) and restored at the end."""
     parameters = inspect.signature(type(pipe).__call__).parameters
     if "callback_on_step_end" in parameters:
 
@@ -303,10 +301,23 @@ def step_callback(pipe: Any, on_step: Any) -> dict[str, Any]:
             on_step(tensors["latents"])
             return {}
 
-        return {"callback_on_step_end": on_step_end}
-    if "callback" in parameters:
-        return {"callback": lambda _step, _t, latents: on_step(latents), "callback_steps": 1}
-    raise ValueError(f"{type(pipe).__name__} calls back at no step (no callback_on_step_end, no callback): it cannot be timed per step")
+        yield {"callback_on_step_end": on_step_end}
+    elif "callback" in parameters:
+        yield {"callback": lambda _step, _t, latents: on_step(latents), "callback_steps": 1}
+    else:
+        scheduler = pipe.scheduler
+        original = scheduler.step
+
+        def step(*args: Any, **kwargs: Any) -> Any:
+            out = original(*args, **kwargs)
+            on_step(out[0] if isinstance(out, tuple) else out.prev_sample)
+            return out
+
+        scheduler.step = step
+        try:
+            yield {}
+        finally:
+            del scheduler.step
 
 
 def _layout_degrees(name: str) -> dict[str, int]:

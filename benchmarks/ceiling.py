@@ -50,9 +50,9 @@ def time_steps(pipe: Any, kwargs: dict[str, Any], steps: int) -> list[float]:
     from _worker import step_callback
 
     call = dict(kwargs, num_inference_steps=steps, output_type="latent")
-    call.update(step_callback(pipe, lambda _latents: mark()))
-    mark()
-    pipe(**call, generator=torch.Generator("cuda").manual_seed(0))
+    with step_callback(pipe, lambda _latents: mark()) as extra:
+        mark()
+        pipe(**call, **extra, generator=torch.Generator("cuda").manual_seed(0))
     torch.cuda.synchronize()
     return [a.elapsed_time(b) / 1000 for a, b in zip(events, events[1:])]
 
@@ -65,7 +65,10 @@ def measure(name: str, steps: int, warmup: int = 2) -> dict[str, Any]:
     run = xcfg.build_example(name, size="full", device="cuda", dtype=torch.bfloat16)
     _randomize_zero_weights(run.pipe, 0)
     result: dict[str, Any] = {"example": name, "description": run.description}
+    guider = getattr(run.pipe, "guider", None)
     for label, kwargs in (("cfg_on", run.kwargs), ("cfg_off", cfg_off(run.kwargs))):
+        if label == "cfg_off" and guider is not None and hasattr(guider, "guidance_scale"):
+            run.pipe.guider = guider.new(guidance_scale=1.0)  # CFG through a guider (HunyuanVideo 1.5): off there
         time_steps(run.pipe, kwargs, warmup)
         intervals = time_steps(run.pipe, kwargs, steps)
         result[label] = {"step_median_s": statistics.median(intervals[1:] or intervals), "intervals": intervals}

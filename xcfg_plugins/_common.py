@@ -60,11 +60,22 @@ def build_on(device: torch.device, dtype: torch.dtype, make: Any, seed: int = 0)
     for name, component in getattr(built, "components", {}).items():
         if isinstance(component, torch.nn.Module):
             component.eval()
+            _keep_in_fp32(component)
         elif hasattr(component, "set_timesteps") and hasattr(component, "from_config"):
             # a scheduler built under the device context holds its tables there (an SDXL Euler scheduler on
             # CUDA then fails in set_timesteps' numpy); from_pretrained builds them on the CPU: do the same
             setattr(built, name, type(component).from_config(component.config))
     return built
+
+
+def _keep_in_fp32(module: torch.nn.Module) -> None:
+    """Put the parameters a diffusers model keeps in float32 (``_keep_in_fp32_modules``: Wan's time embedder,
+    Kandinsky 5's modulations, ...) back in float32, as ``from_pretrained(torch_dtype=...)`` does: the model
+    casts their inputs to float32, so a bf16 build fails at the first step without it."""
+    keep = getattr(module, "_keep_in_fp32_modules", None) or []
+    for name, parameter in module.named_parameters():
+        if parameter.is_floating_point() and parameter.dtype != torch.float32 and set(keep) & set(name.split(".")):
+            parameter.data = parameter.data.float()
 
 
 def randomize_zero_weights(module: torch.nn.Module, seed: int = 0) -> None:
