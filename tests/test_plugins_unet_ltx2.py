@@ -1,4 +1,5 @@
-"""What the unet, ltx2 and consisid examples alone would not show, on two real gloo ranks against one process.
+"""What the unet, ltx2, consisid and z_image examples alone would not show, on two real gloo ranks against one
+process.
 
 - The IP-Adapter's image embeddings (``added_cond_kwargs["image_embeds"]``, a list) reach the image
   projection split: batch 1 on each rank, and the embeddings change the image (the path is live).
@@ -9,6 +10,8 @@
   examples compare the video only); the STG and modality-isolation passes (batch 1) run whole.
 - ConsisID's latents are split although its face conditions stay at batch 1: the example's batch
   counter sees the face extractor (batch 1) first, so the patch embedding is counted here.
+- Z-Image's ControlNet pipeline: the ControlNet (no plugin names it) is inferred and split, and its block
+  residuals, a dict at batch 2, reach the transformer split with the lists of per-sample latents.
 """
 
 from __future__ import annotations
@@ -166,3 +169,48 @@ def test_consisid_latents_are_split_while_the_face_conditions_broadcast():
     for result in run_ranks(_consisid_rank, timeout=240):
         assert result["error"] < 1e-4, result
         assert result["single"] == [2, 2] and result["parallel"] == [1, 1], result
+
+
+def _z_image_controlnet_rank(rank: int, world: int) -> dict:
+    from diffusers import ZImageControlNetPipeline
+    from diffusers.models.controlnets.controlnet_z_image import ZImageControlNetModel
+
+    from xcfg_plugins import _common
+
+    run = xcfg.build_example("z-image", size="tiny")
+    torch.manual_seed(3)
+    controlnet = ZImageControlNetModel(
+        control_layers_places=[0], control_in_dim=4, all_patch_size=(2,), all_f_patch_size=(1,), dim=32,
+        n_refiner_layers=1, n_heads=2, n_kv_heads=2,
+    ).eval()
+    _common.randomize_zero_weights(controlnet, 3)  # its zero-initialized projections would hide the residuals
+    parts = run.pipe.components
+    pipe = ZImageControlNetPipeline(
+        scheduler=parts["scheduler"], vae=parts["vae"], text_encoder=None, tokenizer=None,
+        transformer=parts["transformer"], controlnet=controlnet,
+    )
+    image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    kwargs = {**run.kwargs, "control_image": image, "output_type": "pt"}
+
+    def call() -> tuple:
+        with BatchCounter(pipe.transformer) as transformer, BatchCounter(pipe.controlnet) as control:
+            out = pipe(**kwargs, generator=torch.Generator().manual_seed(7)).images
+        return out, transformer.batches, control.batches
+
+    expected, single, single_control = call()
+    without = pipe(**{**kwargs, "controlnet_conditioning_scale": 0.0}, generator=torch.Generator().manual_seed(7)).images
+    handle = xcfg.parallelize(pipe)
+    actual, parallel, parallel_control = call()
+    return {"error": relative_error(actual, expected), "live": relative_error(without, expected),
+            "single": single, "parallel": parallel, "single_control": single_control,
+            "parallel_control": parallel_control, "inferred": sorted(handle.inferred)}
+
+
+@pytest.mark.ranks
+def test_z_image_controlnet_residuals_are_split_with_the_per_sample_lists():
+    for result in run_ranks(_z_image_controlnet_rank, timeout=240):
+        assert result["error"] < 1e-4 and result["live"] > 1e-3, result  # equal, and the residuals matter
+        assert result["single"] == [2, 2, 2] and result["parallel"] == [1, 1, 1], result
+        # the ControlNet: its first split call is verified against the whole call, then batch 1 per rank
+        assert result["single_control"] == [2, 2, 2] and result["parallel_control"] == [2, 1, 1], result
+        assert result["inferred"] == ["controlnet"], result
