@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 import torch
+from parts import part, run_parts
 
 import xcfg
-from xcfg.testing import RanksFailed, relative_error, run_ranks
+from xcfg.testing import relative_error, run_ranks
 
 pytestmark = [pytest.mark.ranks, pytest.mark.timeout(300)]
 
@@ -413,15 +414,7 @@ def _vae_fault_rank(rank: int, world: int, failing: int) -> dict[str, Any]:
 
 
 def _four_rank_checks(rank: int, world: int) -> dict[str, Any]:
-    import traceback
-
-    out: dict[str, Any] = {}
-    for name, fn, args in (("refusals", _refusal_rank, ()), ("vae_fault", _vae_fault_rank, (3,))):
-        try:
-            out[name] = fn(rank, world, *args)
-        except Exception:
-            out[name] = {"traceback": traceback.format_exc()}
-    return out
+    return run_parts(rank, world, {"refusals": (_refusal_rank, ()), "vae_fault": (_vae_fault_rank, (3,))})
 
 
 @pytest.fixture(scope="module")
@@ -430,18 +423,10 @@ def four_ranks() -> list[dict[str, Any]]:
     return run_ranks(_four_rank_checks, world_size=4, timeout=240)
 
 
-def _part(four_ranks: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
-    ranks = [r[name] for r in four_ranks]
-    problems = [f"--- rank {i} ---\n{r['traceback']}" for i, r in enumerate(ranks) if "traceback" in r]
-    if problems:
-        pytest.fail(f"{name} raised:\n" + "\n".join(problems))
-    return ranks
-
-
 def test_refusals_come_before_any_collective_on_every_rank(four_ranks):
     # a rank that raised before a collective its peers entered would leave them waiting: every rank refuses,
     # and no process group was created
-    for result in _part(four_ranks, "refusals"):
+    for result in part(four_ranks, "refusals"):
         assert "log-sum-exp" in result["ring_on_native"] and "ulysses_degree=2" in result["ring_on_native"]
         assert "torchrun --nproc-per-node 8" in result["product"]
         assert "2 attention heads" in result["heads"]
@@ -455,7 +440,7 @@ def test_refusals_come_before_any_collective_on_every_rank(four_ranks):
 
 
 def test_a_rank_failing_in_the_vae_decode_stops_every_rank_of_the_mesh_at_once(four_ranks):
-    results = _part(four_ranks, "vae_fault")
+    results = part(four_ranks, "vae_fault")
     assert results[3]["outcome"].startswith("Boom"), results[3]
     for rank in (0, 1, 2):  # told through the mesh group's control plane, not left to the 30 s timeout
         assert results[rank]["outcome"].startswith("RankFailedError"), (rank, results[rank])

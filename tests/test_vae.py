@@ -9,11 +9,11 @@ them, uneven at the edges.
 from __future__ import annotations
 
 import inspect
-import traceback
 from typing import Any
 
 import pytest
 import torch
+from parts import Calls, part, run_parts
 
 import xcfg
 from xcfg.testing import relative_error, run_ranks
@@ -46,26 +46,11 @@ def _vae(family: str) -> tuple[torch.nn.Module, torch.Tensor]:
     return vae.eval(), z
 
 
-class _Calls:
-    """Counts the calls of a module (the VAE's decoder: one per tile, or per frame batch of a tile)."""
-
-    def __init__(self, module: torch.nn.Module) -> None:
-        self.count = 0
-        module.register_forward_pre_hook(self._seen)
-
-    def _seen(self, *_: Any) -> None:
-        self.count += 1
-
-    def take(self) -> int:
-        count, self.count = self.count, 0
-        return count
-
-
 def _family_rank(rank: int, world: int, family: str) -> dict[str, Any]:
     from xcfg._session import Session
 
     vae, z = _vae(family)
-    calls = _Calls(vae.decoder)
+    calls = Calls(vae.decoder)
     out: dict[str, Any] = {"rank": rank}
     with torch.no_grad():
         expected = vae.decode(z).sample  # the 1-process tiled decode
@@ -141,13 +126,7 @@ def _every_check(rank: int, world: int) -> dict[str, Any]:
     """Each family's checks, then the pipeline's; a part that raises reports its traceback instead."""
     parts = {name: (_family_rank, (name,)) for name in FAMILIES}
     parts["pipeline"] = (_pipeline_rank, ())
-    results: dict[str, Any] = {}
-    for name, (fn, args) in parts.items():
-        try:
-            results[name] = fn(rank, world, *args)
-        except Exception:
-            results[name] = {"traceback": traceback.format_exc()}
-    return results
+    return run_parts(rank, world, parts)
 
 
 @pytest.fixture(scope="module")
@@ -155,17 +134,9 @@ def every_rank() -> list[dict[str, Any]]:
     return run_ranks(_every_check, timeout=TIMEOUT)
 
 
-def _part(every_rank: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
-    ranks = [r[name] for r in every_rank]
-    problems = [f"--- rank {i} ---\n{r['traceback']}" for i, r in enumerate(ranks) if "traceback" in r]
-    if problems:
-        pytest.fail(f"{name} raised:\n" + "\n".join(problems))
-    return ranks
-
-
 @pytest.fixture(params=FAMILIES)
 def family(request: pytest.FixtureRequest, every_rank: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
-    return request.param, _part(every_rank, request.param)
+    return request.param, part(every_rank, request.param)
 
 
 @pytest.mark.ranks
@@ -223,7 +194,7 @@ def _pipeline_rank(rank: int, world: int) -> dict[str, Any]:
     run = xcfg.build_example("cogvideox", size="tiny")
     pipe = run.pipe
     pipe.vae.enable_tiling(24, 24, 1 / 3, 1 / 3)  # latent tiles 3x3, 2 apart: 2x2 tiles for the 4x4 latent
-    calls = _Calls(pipe.vae.decoder)
+    calls = Calls(pipe.vae.decoder)
     kwargs = {**run.kwargs, "output_type": "pt"}
 
     def frames() -> torch.Tensor:
@@ -248,7 +219,7 @@ def _pipeline_rank(rank: int, world: int) -> dict[str, Any]:
 
 @pytest.mark.ranks
 def test_pipeline_end_to_end_equals_one_process(every_rank):
-    ranks = _part(every_rank, "pipeline")
+    ranks = part(every_rank, "pipeline")
     single = ranks[0]["single_calls"]
     assert single >= 3, ranks
     assert sum(r["calls"] for r in ranks) == single and all(0 < r["calls"] < single for r in ranks), ranks

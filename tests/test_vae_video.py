@@ -9,11 +9,11 @@ one per tile it decoded.
 
 from __future__ import annotations
 
-import traceback
 from typing import Any
 
 import pytest
 import torch
+from parts import Calls, part, run_parts
 
 import xcfg
 from xcfg._vae import assign
@@ -53,24 +53,11 @@ def _vae(family: str) -> tuple[Any, dict[str, Any]]:
     return vae, extra
 
 
-class _Calls:
-    def __init__(self, module: torch.nn.Module) -> None:
-        self.count = 0
-        module.register_forward_pre_hook(self._seen)
-
-    def _seen(self, *_: Any) -> None:
-        self.count += 1
-
-    def take(self) -> int:
-        count, self.count = self.count, 0
-        return count
-
-
 def _decode_rank(rank: int, world: int, family: str) -> dict[str, Any]:
     vae, extra = _vae(family)
     channels = vae.config.latent_channels
     z = torch.randn(1, channels, FRAMES, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(1))
-    calls = _Calls(vae.decoder)
+    calls = Calls(vae.decoder)
     with torch.no_grad():
         expected = vae.decode(z, **extra).sample
         single = calls.take()
@@ -87,7 +74,7 @@ def _pipeline_rank(rank: int, world: int) -> dict[str, Any]:
     ratio = pipe.vae.spatial_compression_ratio  # 32x32 pixels: a latent of 8x8 in tiles of 4x4, 2 apart: 16 tiles
     pipe.vae.enable_tiling(tile_sample_min_height=4 * ratio, tile_sample_min_width=4 * ratio,
                            tile_sample_stride_height=2 * ratio, tile_sample_stride_width=2 * ratio)
-    calls = _Calls(pipe.vae.decoder)
+    calls = Calls(pipe.vae.decoder)
     kwargs = {**run.kwargs, "output_type": "pt"}
 
     def frames() -> torch.Tensor:
@@ -104,14 +91,8 @@ FAMILIES = ["hunyuan", "hunyuan-chunks", "ltx", "ltx-timestep", "ltx2"]
 
 
 def _every_check(rank: int, world: int) -> dict[str, Any]:
-    results: dict[str, Any] = {}
     parts = {**{f: (_decode_rank, (f,)) for f in FAMILIES}, "pipeline": (_pipeline_rank, ())}
-    for name, (fn, args) in parts.items():
-        try:
-            results[name] = fn(rank, world, *args)
-        except Exception:
-            results[name] = {"traceback": traceback.format_exc()}
-    return results
+    return run_parts(rank, world, parts)
 
 
 @pytest.fixture(scope="module")
@@ -119,18 +100,10 @@ def every_rank() -> list[dict[str, Any]]:
     return run_ranks(_every_check, timeout=TIMEOUT)
 
 
-def _part(every_rank: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
-    ranks = [r[name] for r in every_rank]
-    problems = [f"--- rank {i} ---\n{r['traceback']}" for i, r in enumerate(ranks) if "traceback" in r]
-    if problems:
-        pytest.fail(f"{name} raised:\n" + "\n".join(problems))
-    return ranks
-
-
 @pytest.mark.ranks
 @pytest.mark.parametrize("family", FAMILIES)
 def test_split_decode_equals_one_process_and_each_rank_decodes_its_tiles(every_rank, family):
-    ranks = _part(every_rank, family)
+    ranks = part(every_rank, family)
     chunks = 3 if family == "hunyuan-chunks" else 1  # each frame chunk is tiled alike
     owners = assign(AREAS, 2)
     assert ranks[0]["single"] == len(AREAS) * chunks == 12 * chunks, ranks
@@ -142,7 +115,7 @@ def test_split_decode_equals_one_process_and_each_rank_decodes_its_tiles(every_r
 
 @pytest.mark.ranks
 def test_ltx_pipeline_end_to_end_splits_the_decode(every_rank):
-    ranks = _part(every_rank, "pipeline")
+    ranks = part(every_rank, "pipeline")
     single = ranks[0]["single"]
     assert single == 16, ranks
     assert [r["calls"] for r in ranks] == [single // 2] * 2, ranks

@@ -8,11 +8,11 @@ frame of each tile it decoded.
 
 from __future__ import annotations
 
-import traceback
 from typing import Any
 
 import pytest
 import torch
+from parts import Calls, part, run_parts
 
 import xcfg
 from xcfg._vae import assign
@@ -37,23 +37,10 @@ def _vae(patch: bool) -> Any:
     return vae
 
 
-class _Calls:
-    def __init__(self, module: torch.nn.Module) -> None:
-        self.count = 0
-        module.register_forward_pre_hook(self._seen)
-
-    def _seen(self, *_: Any) -> None:
-        self.count += 1
-
-    def take(self) -> int:
-        count, self.count = self.count, 0
-        return count
-
-
 def _decode_rank(rank: int, world: int, patch: bool) -> dict[str, Any]:
     vae = _vae(patch)
     z = torch.randn(1, 4, FRAMES, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(1))
-    calls = _Calls(vae.decoder)
+    calls = Calls(vae.decoder)
     with torch.no_grad():
         expected = vae.decode(z).sample
         single = calls.take()
@@ -68,7 +55,7 @@ def _pipeline_rank(rank: int, world: int) -> dict[str, Any]:
     run = xcfg.build_example("wan", size="tiny")
     pipe = run.pipe
     pipe.vae.enable_tiling(16, 16, 8, 8)  # latent 4x4 in tiles of 2x2, one apart: 16 tiles
-    calls = _Calls(pipe.vae.decoder)
+    calls = Calls(pipe.vae.decoder)
     kwargs = {**run.kwargs, "output_type": "pt"}
 
     def frames() -> torch.Tensor:
@@ -83,13 +70,7 @@ def _pipeline_rank(rank: int, world: int) -> dict[str, Any]:
 
 def _every_check(rank: int, world: int) -> dict[str, Any]:
     parts = {"wan2.1": (_decode_rank, (False,)), "patch2": (_decode_rank, (True,)), "pipeline": (_pipeline_rank, ())}
-    results: dict[str, Any] = {}
-    for name, (fn, args) in parts.items():
-        try:
-            results[name] = fn(rank, world, *args)
-        except Exception:
-            results[name] = {"traceback": traceback.format_exc()}
-    return results
+    return run_parts(rank, world, parts)
 
 
 @pytest.fixture(scope="module")
@@ -97,18 +78,10 @@ def every_rank() -> list[dict[str, Any]]:
     return run_ranks(_every_check, timeout=TIMEOUT)
 
 
-def _part(every_rank: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
-    ranks = [r[name] for r in every_rank]
-    problems = [f"--- rank {i} ---\n{r['traceback']}" for i, r in enumerate(ranks) if "traceback" in r]
-    if problems:
-        pytest.fail(f"{name} raised:\n" + "\n".join(problems))
-    return ranks
-
-
 @pytest.mark.ranks
 @pytest.mark.parametrize("name", ["wan2.1", "patch2"])
 def test_wan_split_decode_equals_one_process_and_each_rank_decodes_its_tiles(every_rank, name):
-    ranks = _part(every_rank, name)
+    ranks = part(every_rank, name)
     # the tiles' areas in latent pixels, row-major, as the plugin costs them; each tile is decoded frame by frame
     areas = [min(4, HEIGHT - i) * min(4, WIDTH - j) for i in range(0, HEIGHT, 2) for j in range(0, WIDTH, 2)]
     owners = assign(areas, 2)
@@ -121,7 +94,7 @@ def test_wan_split_decode_equals_one_process_and_each_rank_decodes_its_tiles(eve
 
 @pytest.mark.ranks
 def test_wan_pipeline_end_to_end_splits_the_decode(every_rank):
-    ranks = _part(every_rank, "pipeline")
+    ranks = part(every_rank, "pipeline")
     single = ranks[0]["single"]
     assert single == 16 * 3, ranks  # 16 tiles x 3 latent frames (9 frames)
     assert [r["calls"] for r in ranks] == [single // 2] * 2, ranks
