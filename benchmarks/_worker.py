@@ -369,20 +369,15 @@ def _count(module: Any) -> int:
 
 
 def _randomize_zero_weights(pipe: Any, seed: int) -> list[str]:
-    """Give random values to weight tensors a constructor leaves at zero (Mochi's ``pos_frequencies``), so
-    nothing is timed on zeros; the same values on every rank."""
+    """The denoiser's and the VAE's parameters a constructor leaves at zero, given random values (the same on
+    every rank), so that nothing is timed on zeros; their names."""
+    from xcfg_plugins import _common
+
     names = []
-    generator = torch.Generator().manual_seed(seed + 7)
     for component in ("transformer", "vae"):
         module = getattr(pipe, component, None)
-        if not isinstance(module, torch.nn.Module):
-            continue
-        with torch.no_grad():
-            for name, param in module.named_parameters():
-                if param.dim() >= 2 and param.is_floating_point() and not bool(param.any()):
-                    values = torch.randn(param.shape, generator=generator) * 0.02
-                    param.copy_(values.to(param.device, param.dtype))
-                    names.append(f"{component}.{name}")
+        if isinstance(module, torch.nn.Module):
+            names += [f"{component}.{n}" for n in _common.randomize_zero_weights(module, seed + 2, scale=0.02)]
     return names
 
 

@@ -78,15 +78,20 @@ def _keep_in_fp32(module: torch.nn.Module) -> None:
             parameter.data = parameter.data.float()
 
 
-def randomize_zero_weights(module: torch.nn.Module, seed: int = 0) -> None:
-    """Give small random values to the parameters a constructor leaves at zero (adaLN-zero modulations, final
-    projections), so that a tiny example's output depends on every input and a wrong split shows."""
+def randomize_zero_weights(module: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> list[str]:
+    """Give small random values (``scale`` x normal, seeded alike on every rank) to the parameters a constructor
+    leaves at zero (adaLN-zero modulations, final projections, Mochi's ``pos_frequencies``), so that a tiny
+    example's output depends on every input and a wrong split shows, and no benchmark times zeros. Returns
+    the names of the parameters it changed."""
     generator = torch.Generator().manual_seed(seed + 5)
+    changed = []
     with torch.no_grad():
-        for parameter in module.parameters():
-            if not parameter.any():
-                noise = torch.randn(parameter.shape, generator=generator) * 0.05
+        for name, parameter in module.named_parameters():
+            if parameter.is_floating_point() and not parameter.any():
+                noise = torch.randn(parameter.shape, generator=generator) * scale
                 parameter.copy_(noise.to(parameter.device, parameter.dtype))
+                changed.append(name)
+    return changed
 
 
 def decode_spatial_tiles(
