@@ -431,7 +431,7 @@ class CFGGroup:
             waited = time.monotonic() - started
             me = f"{self.describe_rank(self.rank)} of the {self.label} {list(self.ranks)}"
             plane = "data" if data else "control"
-            if "timed out" in text.lower() or "timeout" in text.lower():
+            if _timed_out(err):
                 self._health["broken"] = f"a wait on its {plane} plane timed out {_during(where)}."
                 raise RankTimeoutError(
                     f"xcfg: {me} waited {waited:.1f} s (the timeout is {self.timeout.total_seconds():g} s) "
@@ -445,6 +445,12 @@ class CFGGroup:
                 "exited, or the peer gave up waiting for this rank (its timeout passed first) and closed the connection; "
                 f"see its log ({text}). This group cannot be used again: remove() and parallelize() make a new one."
             ) from err
+
+
+def _timed_out(err: BaseException) -> bool:
+    """Whether a backend's ``RuntimeError`` says a wait timed out (gloo and NCCL say so in the message only)."""
+    text = str(err).lower()
+    return "timed out" in text or "timeout" in text
 
 
 def mesh_group(ranks: Sequence[int], *, timeout: datetime.timedelta = DEFAULT_TIMEOUT) -> CFGGroup:
@@ -547,7 +553,7 @@ class SequenceGroup:
             ranks = list(dist.get_process_group_ranks(self.group))
             me = f"rank {self.rank} (global rank {ranks[self.rank]}) of the sequence group {ranks}"
             waited = time.monotonic() - started
-            if "timed out" in str(err).lower() or "timeout" in str(err).lower():
+            if _timed_out(err):
                 raise RankTimeoutError(
                     f"xcfg: {me} waited {waited:.1f} s {_during(where)} and a peer did not arrive: the peer is stuck or "
                     "failed (inside the model, where diffusers' attention has no way to tell its peers); see its log."
