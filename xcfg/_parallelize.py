@@ -28,10 +28,10 @@ from ._pipeline import install_pipeline_hooks
 from ._refusals import (
     check_devices,
     check_distinct_gpus,
-    device_key,
     check_not_parallelized,
     check_pipeline,
     check_style,
+    device_key,
     module_device,
     planned_size,
     spec_for,
@@ -178,11 +178,12 @@ def parallelize(
             per step; without it such models are refused.
         split_vae: spread the tiles of the VAE's tiled decode across the ranks (each decodes its share,
             then every rank gathers and blends them), for VAEs with a :class:`xcfg.VAESpec` (CogVideoX,
-            Mochi, ``AutoencoderKL``): the ranks of the CFG group, or, with a layout, every rank of the
-            layout (a group xcfg makes over them and destroys at ``remove()``). Only a tiled decode is
-            split: enable tiling yourself with ``pipe.vae.enable_tiling()``, since it changes the decoded
-            result; a decode without tiling or of a latent smaller than one tile runs whole on every rank,
-            as before. ``False`` leaves the VAE alone.
+            Mochi, Wan, HunyuanVideo, LTX-Video, LTX-2, ``AutoencoderKL``): the ranks of the CFG group,
+            or, with a layout, every rank of the layout (a group xcfg makes over them and destroys at
+            ``remove()``). Only a tiled decode is split: enable tiling yourself with
+            ``pipe.vae.enable_tiling()``, since it changes the decoded result; a decode without tiling or
+            of a latent smaller than one tile runs whole on every rank, as before. ``False`` leaves the
+            VAE alone.
         vae_output: where the split decode delivers its result: ``"all"`` ranks (every rank's pipeline
             output is the same), or ``"rank0"`` only, when only rank 0 saves the result (rank 0 of the CFG
             group, or the first rank of a layout); the other ranks skip the blending and their pipeline
